@@ -4,7 +4,7 @@
 
 * ``scan="plugin"``: one custom node per scan (op_type ``SelectiveScan``, domain ``avs``, attributes
   ``delta_softplus``, ``plugin_version="1"``, ``plugin_namespace="avs"``), served by our ONNX Runtime custom-op
-  library and our TensorRT plugin. Omitted optional inputs are empty input names.
+  library and our TensorRT plugin. Missing optional inputs are only ever trailing (see ``_plugin_node``).
 * ``scan="lowered"``: the recurrence unrolled over the (static) sequence length with stock opset-18 ops, fp32 inside:
   any ONNX runtime, and TensorRT without the plugin, can run it. Meant for short scans (SelM: L = 5 or 10);
   it refuses L above ``MAX_LOWERED_LENGTH``.
@@ -68,7 +68,21 @@ def register_onnx_schema() -> None:
 
 
 def _plugin_node(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus: bool = False):
-    return _avs.SelectiveScan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=int(delta_softplus),
+    """One ``avs::SelectiveScan`` node whose inputs never have a gap.
+
+    TensorRT's ONNX parser hands an empty input name to a plugin as a null tensor, so a missing optional input may
+    only be trailing: a missing ``D`` before a present one becomes zeros (``+ u * 0``), and ``delta_bias`` without
+    ``z`` is added to ``delta`` here (exact in fp32) instead of leaving an empty ``z`` between them.
+    """
+    if z is None and delta_bias is not None:
+        delta = op.Add(delta, op.CastLike(op.Unsqueeze(delta_bias, op.Constant(value_ints=[1])), delta))
+        delta_bias = None
+    if D is None and (z is not None or delta_bias is not None):
+        D = op.ConstantOfShape(op.Slice(op.Shape(A), op.Constant(value_ints=[0]), op.Constant(value_ints=[1])))
+    inputs = [u, delta, A, B, C, D, z, delta_bias]
+    while inputs[-1] is None:
+        inputs.pop()
+    return _avs.SelectiveScan(*inputs, delta_softplus=int(delta_softplus),
                               plugin_version=PLUGIN_VERSION, plugin_namespace=DOMAIN)
 
 
