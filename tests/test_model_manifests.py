@@ -1,0 +1,50 @@
+"""Every registered model's state_dict equals the official checkpoint's manifest: keys, shapes, dtypes, buffers."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from export.models import list_models, model_builder
+
+EXPECTED_MODELS = ["selm-avss-pvt", "selm-avss-r50", "selm-ms3-pvt", "selm-ms3-r50", "selm-s4-pvt", "selm-s4-r50",
+                   "vggish"]
+
+
+def _manifest_dir() -> Path:
+    root = Path(os.environ.get("AVS_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared")
+    found = root / "reference" / "state_dicts"
+    if not found.is_dir():
+        pytest.fail(f"state_dict manifests not found in {found}; set AVS_SHARED_DIR to the shared/ directory")
+    return found
+
+
+def _read_manifest(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    rows = {}
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        key, shape, dtype = line.split("\t")
+        rows[key] = (tuple(json.loads(shape)), dtype)
+    return rows
+
+
+def test_registry_holds_exactly_the_seven_models():
+    assert list_models() == EXPECTED_MODELS
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_state_dict_equals_official_manifest(name):
+    with torch.device("meta"):
+        model = model_builder(name)()
+    ours = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()}
+    ref = _read_manifest(_manifest_dir() / f"{name}.tsv")
+    missing = sorted(set(ref) - set(ours))
+    extra = sorted(set(ours) - set(ref))
+    differ = sorted(f"{k}: ours {ours[k]} official {ref[k]}" for k in set(ref) & set(ours) if ours[k] != ref[k])
+    assert not (missing or extra or differ), (f"{name}: {len(missing)} missing {missing[:5]}, "
+                                              f"{len(extra)} extra {extra[:5]}, {len(differ)} differ {differ[:5]}")
+    assert len(ours) == len(ref) > 0
