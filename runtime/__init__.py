@@ -3,3 +3,6 @@
 Nothing under ``runtime/`` may import torch: it must install and run on an edge device with only numpy, soxr,
 onnxruntime, opencv and sounddevice.
 """
+from runtime.segmenter import SegmentResult, Segmenter
+
+__all__ = ["Segmenter", "SegmentResult"]

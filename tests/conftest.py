@@ -1,12 +1,15 @@
-"""Shared fixtures: the reference material beside the checkout, seeded randomness."""
+"""Shared fixtures: the reference material beside the checkout, and one exported test artifact per session."""
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+ARTIFACT_MODEL = "selm-s4-r50"
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +19,23 @@ def shared_dir() -> Path:
     if not (path / "reference" / "state_dicts").is_dir():
         pytest.fail(f"reference material not found at {path}: set AVS_SHARED_DIR to the shared/ folder")
     return path
+
+
+@pytest.fixture(scope="session")
+def artifact(request) -> Path:
+    """``python -m export.build_engine --model selm-s4-r50`` (random weights), built once and kept in pytest's cache
+    under a key of the export code, so later sessions reuse it until that code changes (about 3 minutes on 2 cores).
+    ``$AVS_TEST_ARTIFACT`` names an existing artifact directory to use instead."""
+    from runtime.cli import ensure_artifacts
+
+    if os.environ.get("AVS_TEST_ARTIFACT"):
+        return Path(os.environ["AVS_TEST_ARTIFACT"])
+    key = hashlib.sha256()
+    for path in sorted((REPO / "export").rglob("*.py")) + [REPO / "runtime" / "manifest.py"]:
+        key.update(path.read_bytes())
+    root = Path(request.config.cache.mkdir("avs-artifacts"))
+    directory = root / f"{ARTIFACT_MODEL}-{key.hexdigest()[:12]}"
+    for stale in root.glob(f"{ARTIFACT_MODEL}-*"):
+        if stale != directory:
+            shutil.rmtree(stale, ignore_errors=True)
+    return ensure_artifacts(directory, ARTIFACT_MODEL)

@@ -1,0 +1,286 @@
+"""avs-stream end to end: generated clips through the real ONNX Runtime backend, and every fault's message and status.
+
+Each case runs ``python -m runtime.cli`` in a subprocess, as a user would. The artifact is conftest's
+session fixture, shared with the other modules.
+"""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from runtime.cli import AudioPump, ExitCode
+from runtime.demo_clip import make_clip
+from runtime.microphone import AudioChunk
+from runtime.render import Mp4Writer
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "selm-s4-r50"
+JSONL_KEYS = {"frame", "index", "timestamp", "mask_area", "mask_pixels", "latency_ms", "pipeline_ms", "frame_ms",
+              "audio_window", "audio_missing_s", "window"}
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return make_clip(tmp_path_factory.mktemp("clips") / "talk.mp4", seconds=2.0, fps=3, width=320, height=180)
+
+
+def _env(**extra) -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+
+
+def avs_stream(*args, cwd: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "runtime.cli", *map(str, args)], cwd=cwd, env=env or _env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _video_frames_and_audio(path: Path) -> tuple[int, list[float], float]:
+    with av.open(str(path)) as container:
+        audio = container.streams.audio
+        duration = float(audio[0].duration * audio[0].time_base) if audio else 0.0
+        times = [frame.time for frame in container.decode(video=0)]
+    return len(times), times, duration
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_file_source_end_to_end(artifact, clip, tmp_path):
+    out, jsonl, masks = tmp_path / "out.mp4", tmp_path / "out.jsonl", tmp_path / "masks"
+    result = avs_stream("--source", clip.path, "--model-dir", artifact, "--output", out, "--jsonl", jsonl,
+                        "--save-masks", masks, "--headless", "--backend", "onnxruntime", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "RANDOM weights" in result.stderr and "backend: ONNX Runtime" in result.stderr
+    assert "audio: the source's own track (44100 Hz, 2 ch)" in result.stderr
+    frames, times, audio_seconds = _video_frames_and_audio(out)
+    assert frames == clip.frames
+    assert np.allclose(times, np.arange(clip.frames) / clip.fps, atol=0.01)
+    assert audio_seconds == pytest.approx(clip.seconds, abs=0.1)
+    records = _jsonl(jsonl)
+    assert len(records) == clip.frames and all(JSONL_KEYS <= set(r) for r in records)
+    assert [r["frame"] for r in records] == list(range(clip.frames))
+    assert np.allclose([r["timestamp"] for r in records], np.arange(clip.frames) / clip.fps, atol=1e-3)
+    assert all(r["audio_window"][1] <= r["timestamp"] + 1e-6 for r in records)
+    assert records[-1]["audio_missing_s"] == 0.0
+    assert [r["window"] for r in records] == [1, 1, 2, 2, 2, 3]  # slots 1 s apart, each +-0.5 s
+    pngs = sorted(masks.glob("*.png"))
+    assert len(pngs) == clip.frames
+    mask = cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (clip.height, clip.width) and set(np.unique(mask)) <= {0, 255}
+    assert np.count_nonzero(mask) == records[0]["mask_pixels"]
+
+
+def test_demo_runs_without_devices_or_downloads(artifact, tmp_path):
+    """``--demo`` with its artifact already in the cache (the build step itself is what --demo shares with the
+    fixture, ensure_artifacts): generated clip in, annotated mp4 with audio out."""
+    cache = tmp_path / "cache"
+    (cache / "demo").mkdir(parents=True)
+    (cache / "demo" / MODEL).symlink_to(artifact, target_is_directory=True)
+    result = avs_stream("--demo", "--duration", "0.5", "--headless", cwd=tmp_path, env=_env(AVS_EDGE_CACHE=str(cache)))
+    assert result.returncode == 0, result.stderr
+    assert "RANDOM weights" in result.stderr and "demo: generated clip" in result.stderr
+    frames, _, audio_seconds = _video_frames_and_audio(tmp_path / "avs-demo.mp4")
+    assert frames == 4 and audio_seconds > 0.4  # 8 fps clip, first 0.5 s
+
+
+def test_mic_none_runs_video_only_and_says_so(artifact, clip, tmp_path):
+    out, jsonl = tmp_path / "silent.mp4", tmp_path / "silent.jsonl"
+    result = avs_stream("--source", clip.path, "--mic", "none", "--model-dir", artifact, "--duration", "0.5",
+                        "--output", out, "--jsonl", jsonl, "--headless", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "audio: none (--mic none): video-only, the model hears silence" in result.stderr
+    frames, _, audio_seconds = _video_frames_and_audio(out)
+    assert frames == 2 and audio_seconds == 0.0
+    assert len(_jsonl(jsonl)) == 2
+
+
+def test_file_without_audio_runs_with_silence(artifact, tmp_path):
+    silent = tmp_path / "noaudio.mp4"
+    with Mp4Writer(silent, fps=2) as writer:
+        for i in range(2):
+            writer.add_frame(np.full((96, 128, 3), 80 * i, np.uint8), i / 2)
+    result = avs_stream("--source", silent, "--model-dir", artifact, "--headless", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "has no audio track: video-only, the model hears silence" in result.stderr
+    assert "segmented 2 frames" in result.stderr
+
+
+class _MjpegHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        for i in range(40):
+            ok, jpeg = cv2.imencode(".jpg", np.full((96, 128, 3), i * 5, np.uint8))
+            self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+                             + jpeg.tobytes() + b"\r\n")
+            time.sleep(0.05)
+        self.server.streamed.set()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_network_camera_lost_mid_stream_exits_cleanly(artifact, tmp_path):
+    server = socketserver.TCPServer(("127.0.0.1", 0), _MjpegHandler)
+    server.streamed = threading.Event()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/cam.mjpg"
+    out, jsonl = tmp_path / "lost.mp4", tmp_path / "lost.jsonl"
+    process = subprocess.Popen([sys.executable, "-m", "runtime.cli", "--source", url, "--mic", "none",
+                                "--model-dir", str(artifact), "--output", str(out), "--jsonl", str(jsonl),
+                                "--headless", "--retries", "2"], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    server.streamed.wait(60)
+    server.shutdown()
+    server.server_close()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == ExitCode.SOURCE_LOST, stderr
+    assert "reconnecting in 0.5 s (attempt 1/2)" in stderr and "reconnecting in 1.0 s (attempt 2/2)" in stderr
+    assert "error: " in stderr and "was lost and did not come back after 2 attempts" in stderr
+    assert "outputs up to that point are finalised" in stderr
+    records = _jsonl(jsonl)
+    frames, _, _ = _video_frames_and_audio(out)
+    assert frames == len(records) >= 1
+    assert "capture_to_written_ms" in records[0]
+
+
+def test_ctrl_c_finalises_every_output(artifact, tmp_path):
+    long_clip = make_clip(tmp_path / "long.mp4", seconds=20.0, fps=5, width=160, height=96)
+    out, jsonl = tmp_path / "int.mp4", tmp_path / "int.jsonl"
+    process = subprocess.Popen([sys.executable, "-m", "runtime.cli", "--source", str(long_clip.path),
+                                "--model-dir", str(artifact), "--output", str(out), "--jsonl", str(jsonl),
+                                "--headless"], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not jsonl.exists() or not jsonl.read_text().count("\n")):
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == ExitCode.OK, stderr
+    assert "interrupted; segmented" in stderr
+    records = _jsonl(jsonl)
+    frames, _, audio_seconds = _video_frames_and_audio(out)
+    assert 1 <= frames == len(records) < long_clip.frames
+    assert audio_seconds > 0
+
+
+@pytest.mark.parametrize("args, code, message", [
+    ([], ExitCode.USAGE, "choose one input: --camera INDEX|PATH, --source FILE|URL or --demo (try: avs-stream --demo)"),
+    (["--demo", "--camera", "0"], ExitCode.USAGE, "(got --camera and --demo)"),
+    (["--source", "{clip}", "--alpha", "2"], ExitCode.USAGE, "--alpha must be in [0, 1]"),
+    (["--source", "{clip}", "--model-dir", "{tmp}/none"], ExitCode.ARTIFACTS,
+     "does not exist; build it with: python -m export.build_engine"),
+    (["--camera", "7", "--model-dir", "{artifact}"], ExitCode.VIDEO_SOURCE, "available cameras: "),
+    (["--camera", "{clip}", "--model-dir", "{artifact}"], ExitCode.VIDEO_SOURCE, "use --source for files and URLs"),
+    (["--source", "{tmp}/missing.mp4", "--model-dir", "{artifact}"], ExitCode.VIDEO_SOURCE, "does not exist"),
+    (["--source", "{clip}", "--mic", "usb-mic", "--model-dir", "{artifact}"], ExitCode.AUDIO_SOURCE, "--mic none"),
+    (["--source", "{clip}", "--backend", "tensorrt", "--model-dir", "{artifact}"], ExitCode.BACKEND,
+     "--engine"),
+])
+def test_faults_say_what_to_do_and_exit_cleanly(artifact, clip, tmp_path, args, code, message):
+    home = tmp_path / "home"  # no ALSA devices: no microphone
+    home.mkdir()
+    (home / ".asoundrc").write_text("# none\n")
+    filled = [a.format(clip=clip.path, tmp=tmp_path, artifact=artifact) for a in args]
+    result = avs_stream(*filled, cwd=tmp_path, env=_env(HOME=str(home)))
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_artifact_from_another_version_names_the_rebuild_command(artifact, clip, tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    for item in artifact.iterdir():
+        if item.name != "manifest.json":
+            (old / item.name).symlink_to(item)
+    data = json.loads((artifact / "manifest.json").read_text())
+    data["schema_version"] = 0
+    (old / "manifest.json").write_text(json.dumps(data))
+    result = avs_stream("--source", clip.path, "--model-dir", old, cwd=tmp_path)
+    assert result.returncode == ExitCode.ARTIFACTS
+    assert "schema_version is 0" in result.stderr and f"python -m export.build_engine --model {MODEL}" in result.stderr
+
+
+def test_list_devices(tmp_path):
+    result = avs_stream("--list-devices", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "cameras:" in result.stderr and "microphones:" in result.stderr
+
+
+class _FakeSegmenter:
+    def __init__(self):
+        self.pushed = []
+
+    def push_audio(self, samples, rate, timestamp):
+        self.pushed.append((samples.shape[0], rate, timestamp))
+
+
+def test_audio_pump_reports_overflows_and_holds_back_future_audio():
+    """Overflows are reported once per new count without stopping; a file's audio is handed over only up to
+    the frame being segmented (plus a look-ahead), split mid-chunk when needed."""
+    source = SimpleNamespace(overflows=0, chunks=[AudioChunk(np.zeros(1600, np.int16), 16000, 0.0),
+                                                  AudioChunk(np.zeros(1600, np.int16), 16000, 0.1)])
+    source.read = lambda: [source.chunks.pop(0)] if source.chunks else []
+    lines = []
+    segmenter = _FakeSegmenter()
+    pump = AudioPump(source, segmenter, None, lines.append)
+    pump.pump(until=0.05)
+    assert segmenter.pushed == [(800, 16000, 0.0)] and pump.until == pytest.approx(0.05)
+    source.overflows = 2
+    pump.pump()
+    assert [p[0] for p in segmenter.pushed] == [800, 800, 1600]
+    assert pump.until == pytest.approx(0.2)
+    assert lines == ["audio: input overflow (2 so far): samples were lost and replaced by silence; continuing"]
+    pump.pump()
+    assert len(lines) == 1
+
+
+@pytest.mark.slow
+def test_demo_builds_its_artifact_on_first_use(tmp_path):
+    """The real first use: empty cache, so --demo runs python -m export.build_engine (minutes) before streaming."""
+    result = avs_stream("--demo", "--duration", "0.3", "--headless", cwd=tmp_path,
+                        env=_env(AVS_EDGE_CACHE=str(tmp_path / "cache")), timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"building the {MODEL} artifact in" in result.stderr and "first use" in result.stderr
+    assert "RANDOM weights" in result.stderr
+    assert (tmp_path / "cache" / "demo" / MODEL / "manifest.json").is_file()
+    frames, _, audio_seconds = _video_frames_and_audio(tmp_path / "avs-demo.mp4")
+    assert frames == 3 and audio_seconds > 0.2
+
+
+def test_overlay_blends_only_the_mask_and_names_bad_shapes():
+    from runtime.render import HIGHLIGHT_BGR, colorize, draw_hud, format_hud, overlay
+
+    image = np.full((40, 60, 3), 100, np.uint8)
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:30, 20:40] = 1
+    out = overlay(image, mask, [[0, 0, 0], [255, 255, 255]], binary=True, alpha=0.5, contour=False)
+    assert np.array_equal(out[~mask.astype(bool)], image[~mask.astype(bool)])
+    expected = np.round(0.5 * 100 + 0.5 * np.array(HIGHLIGHT_BGR)).astype(np.uint8)
+    assert np.abs(out[20, 30].astype(int) - expected).max() <= 1
+    labels = np.array([[0, 1, 2]], np.uint8)
+    assert colorize(labels, [[0, 0, 0], [10, 20, 30], [200, 100, 50]], binary=False).tolist() == \
+        [[[0, 0, 0], [30, 20, 10], [50, 100, 200]]]  # palette rows are RGB, images BGR
+    with pytest.raises(ValueError, match="does not match the image"):
+        overlay(image, mask[:10], [[0, 0, 0]], binary=True)
+    lines = format_hud(12.345, 81.0, -20.0, ["extra"])
+    assert lines == [" 12.3 fps", "model   81.0 ms", "audio -20.0 dBFS", "extra"]
+    hud = draw_hud(image.copy(), lines)
+    assert (hud[:5, :5] < image[:5, :5]).all()  # the box darkens what is under it
