@@ -18,6 +18,6 @@ if command -v dpkg >/dev/null && ! dpkg -s libportaudio2 >/dev/null 2>&1; then
     fi
 fi
 echo "[install] Python packages (pip install -e '.[dev]')"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c scripts/constraints.txt -e ".[dev]"
 echo "[install] native plugins (python -m plugins.build)"
 .venv/bin/python -m plugins.build

@@ -1,0 +1,218 @@
+"""ONNX graphs of a SelM model: the full clip graph and the streaming split (encoder, temporal, decoder).
+
+VGGish is inside the graphs that take audio, so every graph is fed VGGish log-mel examples directly (the
+runtime computes log-mel and nothing else)::
+
+    full      frames [T,3,R,R], log_mel [T,1,96,64] (, gumbel_noise [T,2,S])   -> logits [T,C,224,224]
+    encoder   frame [1,3,R,R], log_mel [1,1,96,64]          -> map1..map4 [1,256,Hs,Ws], pooled [1,4,256], audio [1,256]
+    temporal  pooled [T,4,256], audio [T,256]               -> gates [T,4,256], audio_out [T,256]
+    decoder   map1..map4, gates [1,4,256], audio_out [1,256] (, gumbel_noise [1,2,S])   -> logits [1,C,224,224]
+
+Streaming: run the encoder once per new frame, keep its ``pooled``/``audio`` (and the newest maps), run the
+temporal graph on the last T tokens and decode the newest frame with row T-1 of ``gates``/``audio_out``: this
+equals the full graph's output for that frame. All shapes are static (SelM's learned positional embeddings fix
+the resolution; T is the model's clip length).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+
+from runtime.manifest import TensorSpec
+
+GRAPH_FILES = {"full": "model.onnx", "encoder": "encoder.onnx", "temporal": "temporal.onnx",
+               "decoder": "decoder.onnx"}
+MAP_NAMES = ("map1", "map2", "map3", "map4")
+LOG_MEL_EXAMPLE = (1, 96, 64)
+LOG_MEL_RANGE = (-4.6, 3.0)          # log(0.01) (silence) .. loud speech/music, for random validation inputs
+MIN_OPSET = 18
+DEFAULT_OPSET = 18
+_DROPPED_NODE_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node")
+
+
+class ClipGraph(nn.Module):
+    """One clip: frames + log-mel (+ Gumbel noise) -> logits, VGGish inside."""
+
+    def __init__(self, selm: nn.Module, vggish: nn.Module):
+        super().__init__()
+        self.selm, self.vggish = selm, vggish
+
+    def forward(self, frames, log_mel, gumbel_noise=None):
+        return self.selm(frames, self.vggish(log_mel), gumbel_noise=gumbel_noise)
+
+
+class EncoderGraph(nn.Module):
+    """One frame + its log-mel example -> that frame's four maps, pooled tokens and audio token."""
+
+    def __init__(self, selm: nn.Module, vggish: nn.Module):
+        super().__init__()
+        self.selm, self.vggish = selm, vggish
+
+    def forward(self, frame, log_mel):
+        maps, pooled, audio = self.selm.encode_frames(frame, self.vggish(log_mel))
+        return (*maps, pooled, audio)
+
+
+class TemporalGraph(nn.Module):
+    """The window's per-frame tokens -> per-frame gates and audio tokens (the only graph that mixes frames)."""
+
+    def __init__(self, selm: nn.Module):
+        super().__init__()
+        self.selm = selm
+
+    def forward(self, pooled, audio):
+        return self.selm.temporal(pooled, audio)
+
+
+class DecoderGraph(nn.Module):
+    """One frame's maps + its gates and audio token (+ Gumbel noise) -> its logits."""
+
+    def __init__(self, selm: nn.Module):
+        super().__init__()
+        self.selm = selm
+
+    def forward(self, map1, map2, map3, map4, gates, audio_out, gumbel_noise=None):
+        return self.selm.decode_frames((map1, map2, map3, map4), gates, audio_out, gumbel_noise=gumbel_noise)
+
+
+@dataclass(frozen=True)
+class GraphDef:
+    """A graph to export: its role, torch module, and the ONNX input/output names (in call order)."""
+    role: str
+    module: nn.Module
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    @property
+    def file(self) -> str:
+        return GRAPH_FILES[self.role]
+
+
+def graph_defs(selm: nn.Module, vggish: nn.Module, gumbel_input: bool) -> dict[str, GraphDef]:
+    """The four graphs of a SelM model, keyed by role."""
+    noise = ("gumbel_noise",) if gumbel_input else ()
+    return {
+        "full": GraphDef("full", ClipGraph(selm, vggish), ("frames", "log_mel", *noise), ("logits",)),
+        "encoder": GraphDef("encoder", EncoderGraph(selm, vggish), ("frame", "log_mel"),
+                            (*MAP_NAMES, "pooled", "audio")),
+        "temporal": GraphDef("temporal", TemporalGraph(selm), ("pooled", "audio"), ("gates", "audio_out")),
+        "decoder": GraphDef("decoder", DecoderGraph(selm), (*MAP_NAMES, "gates", "audio_out", *noise),
+                            ("logits",)),
+    }
+
+
+def run_torch(gdef: GraphDef, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run ``gdef``'s module on named numpy inputs; named numpy outputs."""
+    args = [torch.from_numpy(feeds[name]) for name in gdef.inputs]
+    with torch.inference_mode():
+        out = gdef.module(*args)
+    out = out if isinstance(out, (tuple, list)) else (out,)
+    return {name: t.detach().float().numpy() for name, t in zip(gdef.outputs, out)}
+
+
+def sample_inputs(defs: dict[str, GraphDef], cfg, noise_shape: Optional[tuple[int, ...]],
+                  seed: int) -> dict[str, dict[str, np.ndarray]]:
+    """Random but plausible inputs for every graph, keyed by role then input name.
+
+    The clip (frames ~ N(0,1) after normalisation, log-mel uniform over its real range, Gumbel noise in (0,1))
+    feeds the full graph and, frame by frame, the encoder; the temporal and decoder inputs are what PyTorch's
+    encoder and temporal stages make of that clip (the decoder gets the newest frame).
+    """
+    rng = np.random.default_rng(seed)
+    t, r = cfg.frames, cfg.resolution
+    frames = rng.standard_normal((t, 3, r, r), dtype=np.float32)
+    log_mel = rng.uniform(*LOG_MEL_RANGE, size=(t, *LOG_MEL_EXAMPLE)).astype(np.float32)
+    clip = {"frames": frames, "log_mel": log_mel}
+    if noise_shape is not None:
+        clip["gumbel_noise"] = rng.uniform(1e-6, 1 - 1e-6, size=noise_shape).astype(np.float32)
+    enc = run_torch(defs["encoder"], {"frame": frames, "log_mel": log_mel})   # all T frames in one batch
+    tem = run_torch(defs["temporal"], {"pooled": enc["pooled"], "audio": enc["audio"]})
+    newest = slice(t - 1, t)
+    decoder = {name: enc[name][newest] for name in MAP_NAMES}
+    decoder.update(gates=tem["gates"][newest], audio_out=tem["audio_out"][newest])
+    if noise_shape is not None:
+        decoder["gumbel_noise"] = clip["gumbel_noise"][newest]
+    return {
+        "full": clip,
+        "encoder": {"frame": frames[newest], "log_mel": log_mel[newest]},
+        "temporal": {"pooled": enc["pooled"], "audio": enc["audio"]},
+        "decoder": decoder,
+    }
+
+
+def _strip_debug_metadata(model: onnx.ModelProto) -> None:
+    """Drop per-node stack traces and FX dumps (they hold local paths); keep the module name scopes."""
+    for node in model.graph.node:
+        keep = [p for p in node.metadata_props if p.key not in _DROPPED_NODE_METADATA]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+
+
+def export_graph(gdef: GraphDef, feeds: dict[str, np.ndarray], out_dir: Path, opset: int, scan: str,
+                 metadata: dict[str, str], verbose: bool = False) -> Path:
+    """Export ``gdef`` (static shapes of ``feeds``) to ``out_dir/<file>`` + ``<file>.data``; check it; return path."""
+    from export.ops.selective_scan_onnx import onnx_translation_table
+
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset} is too old: the exporter needs opset >= {MIN_OPSET} (use --opset {MIN_OPSET})")
+    path = out_dir / gdef.file
+    args = tuple(torch.from_numpy(feeds[name]) for name in gdef.inputs)
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    with quiet, warnings.catch_warnings():
+        if not verbose:
+            warnings.simplefilter("ignore")
+            for lg in loggers:
+                lg.setLevel(logging.ERROR)
+        try:
+            program = torch.onnx.export(gdef.module, args, dynamo=True, opset_version=opset,
+                                        input_names=list(gdef.inputs), output_names=list(gdef.outputs),
+                                        custom_translation_table=onnx_translation_table(scan), verbose=verbose)
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+    model = program.model_proto
+    _strip_debug_metadata(model)
+    onnx.helper.set_model_props(model, {**metadata, "avs.graph": gdef.role})
+    data = f"{gdef.file}.data"
+    (out_dir / data).unlink(missing_ok=True)
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data,
+                    size_threshold=1024)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out_dir / data, 0o666 & ~umask)       # onnx writes external data owner-only
+    onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+def tensor_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Names, shapes and dtypes of an ONNX file's graph inputs and outputs (as the manifest records them)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+
+    def spec(value: onnx.ValueInfoProto) -> TensorSpec:
+        ttype = value.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in ttype.shape.dim]
+        return TensorSpec(value.name, shape, onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name)
+
+    initializers = {i.name for i in graph.initializer}
+    return [spec(v) for v in graph.input if v.name not in initializers], [spec(v) for v in graph.output]
+
+
+def uses_custom_ops(path: Path) -> bool:
+    """Whether the graph holds ``avs`` domain nodes (ONNX Runtime then needs our custom-op library)."""
+    from export.ops.selective_scan_onnx import DOMAIN
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(node.domain == DOMAIN for node in graph.node)

@@ -1,0 +1,345 @@
+"""``manifest.json``: the one file that tells the runtime everything about an exported artifact directory.
+
+``python -m export.build_engine`` writes it (through :func:`write_manifest`); the runtime reads it with
+:func:`load_manifest` and needs nothing else: graph files and their tensors, preprocessing constants, output
+semantics, streaming layout, validation results and engines. The schema is versioned (``schema_version``); a
+manifest of another version, or a missing one, raises :class:`ManifestError` naming the command that rebuilds it.
+This module must never import torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+GRAPH_ROLES = ("full", "encoder", "temporal", "decoder")
+REBUILD_COMMAND = "python -m export.build_engine --model {model} --out {out}"
+
+
+class ManifestError(ValueError):
+    """A manifest that is missing, unreadable, of another schema version, or inconsistent with its directory."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: ``shape`` holds ints (static) or strings (named dynamic dims)."""
+    name: str
+    shape: list[Union[int, str]]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One ONNX graph of the artifact (``file`` relative to the artifact directory; ``sha256`` covers the file and
+    its external data)."""
+    role: str
+    file: str
+    sha256: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    external_data: Optional[str] = None
+
+    def input(self, name: str) -> TensorSpec:
+        """The input called ``name``."""
+        return _by_name(self.inputs, name, f"graph {self.role!r} input")
+
+    def output(self, name: str) -> TensorSpec:
+        """The output called ``name``."""
+        return _by_name(self.outputs, name, f"graph {self.role!r} output")
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """A file used to make the artifact, and its sha256."""
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which model: registry ``name`` (variant), family, setting, backbone, and where its weights came from.
+
+    Without a checkpoint the weights are random, drawn after ``torch.manual_seed(weights_seed)``.
+    """
+    name: str
+    family: str
+    setting: str
+    backbone: str
+    checkpoint: Optional[FileDigest]
+    vggish_checkpoint: Optional[FileDigest]
+    random_weights: bool
+    weights_seed: int
+    gumbel: str
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    """Frame preprocessing: resize to ``resolution`` squared, RGB in [0, 1], then ``(x - mean) / std``.
+
+    The model was trained on ``frames_per_clip`` frames sampled at ``frame_rate_hz`` (1 frame per second).
+    """
+    resolution: int
+    channel_order: str
+    resize: str
+    value_scale: float
+    mean: list[float]
+    std: list[float]
+    layout: str
+    frames_per_clip: int
+    frame_rate_hz: float
+
+
+@dataclass(frozen=True)
+class AudioSpec:
+    """VGGish log-mel front end: waveform -> ``[n, 1, example_frames, mel_bins]`` examples, one per video frame."""
+    sample_rate: int
+    mono: str
+    int16_scale: float
+    window_length: int
+    hop_length: int
+    fft_length: int
+    window: str
+    spectrum: str
+    centered: bool
+    mel_bins: int
+    mel_min_hz: float
+    mel_max_hz: float
+    mel_scale: str
+    log_offset: float
+    example_frames: int
+    example_hop_frames: int
+    example_seconds: float
+    layout: str
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What the logits mean: ``binary`` (sigmoid > threshold) or ``semantic`` (argmax over classes)."""
+    kind: str
+    num_classes: int
+    activation: str
+    threshold: Optional[float]
+    size: list[int]
+    class_names: list[str]
+    palette: list[list[int]]
+
+
+@dataclass(frozen=True)
+class StreamingSpec:
+    """How the split graphs compose: encoder per new frame, temporal on the window, decoder on the newest frame.
+
+    ``carry`` lists the encoder outputs kept per frame in a ring buffer of ``window`` entries; the temporal
+    graph's outputs are sliced at ``decode_index`` (the newest frame) before the decoder.
+    """
+    window: int
+    encoder_frames: int
+    decoder_frames: int
+    decode_index: int
+    carry: list[str]
+    frame_rate_hz: float
+
+
+@dataclass(frozen=True)
+class ValidationRecord:
+    """One comparison run at export time (``candidate`` vs ``reference``) and its verdict."""
+    graph: str
+    candidate: str
+    reference: str
+    max_abs_diff: float
+    mean_abs_diff: float
+    mask_agreement: Optional[float]
+    atol: float
+    rtol: float
+    passed: bool
+    seed: int
+
+
+@dataclass(frozen=True)
+class Fp16Report:
+    """The ONNX-Runtime-side fp16 sensitivity check: module groups that must stay fp32, and the resulting error.
+
+    Errors are ``mean |logits_fp16 - logits_fp32| / mean |logits_fp32|``; ``group_errors`` has each group alone
+    in fp16. ``keep_fp32_nodes`` lists, per graph role, the ONNX nodes its engine keeps fp32.
+    """
+    graph: str
+    method: str
+    budget: float
+    group_errors: dict[str, float]
+    keep_fp32_groups: list[str]
+    keep_fp32_nodes: dict[str, list[str]]
+    all_fp16_error: float
+    mixed_error: float
+    mixed_mask_agreement: float
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    """A TensorRT engine (raw plan) built from one graph, with the cache key it was built under."""
+    graph: str
+    file: str
+    precision: str
+    key: dict[str, str]
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """Whether engines were built: ``built`` is False with a ``reason`` when the step was skipped."""
+    built: bool
+    reason: str
+    tensorrt: Optional[str] = None
+    timing_cache: Optional[str] = None
+    plugin_library: Optional[str] = None
+    engines: list[EngineRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything the runtime needs to run an artifact directory; see the module docstring."""
+    schema_version: int
+    model: ModelInfo
+    opset: int
+    scan: str
+    precision: str
+    tools: dict[str, str]
+    graphs: dict[str, GraphSpec]
+    video: VideoSpec
+    audio: AudioSpec
+    output: OutputSpec
+    streaming: StreamingSpec
+    validation: list[ValidationRecord]
+    fp16: Optional[Fp16Report]
+    engine: EngineStatus
+    created_utc: str
+
+    def graph(self, role: str) -> GraphSpec:
+        """The graph with ``role`` ('full', 'encoder', 'temporal' or 'decoder')."""
+        if role not in self.graphs:
+            raise ManifestError(f"manifest has no {role!r} graph (it has {', '.join(self.graphs)})")
+        return self.graphs[role]
+
+    @property
+    def validated(self) -> bool:
+        """True when export-time validation ran and every comparison passed."""
+        return bool(self.validation) and all(v.passed for v in self.validation)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return dataclasses.asdict(self)
+
+
+def _by_name(specs: list[TensorSpec], name: str, what: str) -> TensorSpec:
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    raise ManifestError(f"no {what} named {name!r} (known: {', '.join(s.name for s in specs)})")
+
+
+def _parse(tp: Any, value: Any, where: str) -> Any:
+    """Build ``tp`` (dataclass, Optional, list, dict or scalar type) from JSON ``value``; errors name ``where``."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _parse(option, value, where)
+            except ManifestError as exc:
+                errors.append(str(exc))
+        raise ManifestError(errors[0] if len(errors) == 1 else f"{where}: unexpected value {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ManifestError(f"{where}: expected a list, got {type(value).__name__}")
+        (item,) = typing.get_args(tp)
+        return [_parse(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ManifestError(f"{where}: expected an object, got {type(value).__name__}")
+        _, item = typing.get_args(tp)
+        return {str(k): _parse(item, v, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ManifestError(f"{where}: expected an object, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            path = f"{where}.{f.name}" if where else f.name
+            if f.name in value:
+                kwargs[f.name] = _parse(hints[f.name], value[f.name], path)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ManifestError(f"{path}: required field missing")
+        return tp(**kwargs)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        return value
+    raise ManifestError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def manifest_from_dict(data: dict[str, Any]) -> Manifest:
+    """Validate and build a :class:`Manifest` from parsed JSON (the schema version must match)."""
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version != SCHEMA_VERSION:
+        raise ManifestError(f"manifest schema_version is {version!r}; this avs-edge reads {SCHEMA_VERSION}")
+    manifest = _parse(Manifest, data, "")
+    for role, graph in manifest.graphs.items():
+        if role not in GRAPH_ROLES or graph.role != role:
+            raise ManifestError(f"graphs.{role}: unknown graph role (expected one of {', '.join(GRAPH_ROLES)})")
+    return manifest
+
+
+def _rebuild_hint(model: str, directory: Path) -> str:
+    return "rebuild it with: " + REBUILD_COMMAND.format(model=model, out=directory)
+
+
+def load_manifest(directory: Union[str, os.PathLike], allow_unvalidated: bool = False) -> Manifest:
+    """Read ``<directory>/manifest.json`` (or the manifest file itself), checking version and graph files.
+
+    An artifact whose export-time validation failed is refused unless ``allow_unvalidated`` (for inspection).
+    """
+    path = Path(directory)
+    if path.name == MANIFEST_NAME and not path.is_dir():
+        path = path.parent
+    file = path / MANIFEST_NAME
+    if not file.is_file():
+        where = f"no {MANIFEST_NAME} in {path}" if path.is_dir() else f"artifact directory {path} does not exist"
+        raise ManifestError(f"{where}; build it with: " + REBUILD_COMMAND.format(model="selm", out=path))
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"cannot read {file}: {exc}; {_rebuild_hint('selm', path)}") from None
+    model = "selm"
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        model = str(data["model"].get("name", model))
+    try:
+        manifest = manifest_from_dict(data)
+    except ManifestError as exc:
+        raise ManifestError(f"{file}: {exc}; {_rebuild_hint(model, path)}") from None
+    for graph in manifest.graphs.values():
+        for name in filter(None, (graph.file, graph.external_data)):
+            if not (path / name).is_file():
+                raise ManifestError(f"{file} lists {name} ({graph.role} graph) but {path / name} is missing; "
+                                    f"{_rebuild_hint(model, path)}")
+    if not (manifest.validated or allow_unvalidated):
+        failed = ", ".join(v.graph for v in manifest.validation if not v.passed) or "none recorded"
+        raise ManifestError(f"{file}: this export failed validation against PyTorch ({failed}); do not run it. "
+                            f"Re-export and read the validation lines: {REBUILD_COMMAND.format(model=model, out=path)}")
+    return manifest
+
+
+def write_manifest(manifest: Manifest, directory: Union[str, os.PathLike]) -> Path:
+    """Write ``manifest.json`` into ``directory`` (atomically) and return its path."""
+    manifest_from_dict(manifest.to_dict())
+    path = Path(directory) / MANIFEST_NAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
