@@ -1,17 +1,14 @@
 """runtime.capture: sources, newest-frame policy, timestamps, missing and lost sources (real files and HTTP)."""
 from __future__ import annotations
 
-import http.server
-import socketserver
-import threading
 import time
 
-import cv2
 import numpy as np
 import pytest
 
 from runtime.capture import SourceError, VideoSource, VideoURI, parse_video_uri
 from runtime.demo_clip import make_clip
+from tests.mjpeg_camera import MjpegCamera
 
 
 @pytest.fixture(scope="module")
@@ -113,37 +110,14 @@ def test_lost_camera_reconnects_with_backoff_then_gives_up():
     assert 1 <= frames <= 6
 
 
-class _MjpegHandler(http.server.BaseHTTPRequestHandler):
-    frames = 15
-
-    def do_GET(self):  # noqa: N802  (http.server's naming)
-        self.send_response(200)
-        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-        self.end_headers()
-        for i in range(self.frames):
-            ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), i * 10, np.uint8))
-            self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
-                             + jpeg.tobytes() + b"\r\n")
-            time.sleep(0.02)
-        self.server.done.set()
-
-    def log_message(self, *args):
-        pass
-
-
 def test_network_camera_that_goes_away_is_lost():
     """A real MJPEG-over-HTTP stream whose server shuts down: frames arrive, then retries fail, cleanly."""
-    server = socketserver.TCPServer(("127.0.0.1", 0), _MjpegHandler)
-    server.done = threading.Event()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/stream.mjpg"
-    source = VideoSource(url, retries=2, backoff=0.05)
+    camera = MjpegCamera(frames=15, size=(48, 64), interval=0.02)
+    source = VideoSource(camera.url, retries=2, backoff=0.05)
     with source:
         got = []
-        server.done.wait(10)
-        server.shutdown()
-        server.server_close()
+        camera.streamed.wait(10)
+        camera.stop()
         while source.is_streaming():
             frame = source.read(timeout=1.0)
             if frame is not None:

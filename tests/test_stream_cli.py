@@ -5,14 +5,11 @@ session fixture, shared with the other modules.
 """
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import signal
-import socketserver
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,6 +23,7 @@ from runtime.cli import AudioPump, ExitCode
 from runtime.demo_clip import make_clip
 from runtime.microphone import AudioChunk
 from runtime.render import Mp4Writer
+from tests.mjpeg_camera import MjpegCamera
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "selm-s4-r50"
@@ -119,35 +117,15 @@ def test_file_without_audio_runs_with_silence(artifact, tmp_path):
     assert "segmented 2 frames" in result.stderr
 
 
-class _MjpegHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-        self.end_headers()
-        for i in range(40):
-            ok, jpeg = cv2.imencode(".jpg", np.full((96, 128, 3), i * 5, np.uint8))
-            self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
-                             + jpeg.tobytes() + b"\r\n")
-            time.sleep(0.05)
-        self.server.streamed.set()
-
-    def log_message(self, *args):
-        pass
-
-
 def test_network_camera_lost_mid_stream_exits_cleanly(artifact, tmp_path):
-    server = socketserver.TCPServer(("127.0.0.1", 0), _MjpegHandler)
-    server.streamed = threading.Event()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/cam.mjpg"
+    camera = MjpegCamera(frames=40, size=(96, 128), interval=0.05, path="/cam.mjpg")
     out, jsonl = tmp_path / "lost.mp4", tmp_path / "lost.jsonl"
-    process = subprocess.Popen([sys.executable, "-m", "runtime.cli", "--source", url, "--mic", "none",
+    process = subprocess.Popen([sys.executable, "-m", "runtime.cli", "--source", camera.url, "--mic", "none",
                                 "--model-dir", str(artifact), "--output", str(out), "--jsonl", str(jsonl),
                                 "--headless", "--retries", "2"], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    server.streamed.wait(60)
-    server.shutdown()
-    server.server_close()
+    camera.streamed.wait(60)
+    camera.stop()
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == ExitCode.SOURCE_LOST, stderr
     assert "reconnecting in 0.5 s (attempt 1/2)" in stderr and "reconnecting in 1.0 s (attempt 2/2)" in stderr
