@@ -1,13 +1,15 @@
 """``python -m export.build_engine``: model -> validated ONNX (full + streaming split) -> manifest -> TensorRT engines.
 
-Run ``python -m export.build_engine --help`` for the walk-through. The artifact directory it writes is all the
+Run ``python -m export.build_engine --help`` for the walk-through; :func:`build_artifact` is the same build as a
+function (``avs-stream --demo`` calls it through the ``avs_edge.builders`` entry point). Everything
+model-specific (input size, normalisation, audio front-end, classes, palette, frame rate) comes from the
+variant's ``PretrainedCfg`` (``export.models.pretrained_cfg``). The artifact directory it writes is all the
 runtime needs; ``runtime/manifest.py`` documents ``manifest.json``.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import dataclasses
 import datetime as _dt
 import importlib.metadata
@@ -21,52 +23,70 @@ import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
-from runtime.manifest import (AudioSpec, EngineRecord, EngineStatus, FileDigest, GraphSpec, Manifest, ModelInfo,
-                              OutputSpec, SCHEMA_VERSION, StreamingSpec, VideoSpec, write_manifest)
+from runtime.manifest import (EngineRecord, EngineStatus, FileDigest, GraphSpec, Manifest, ModelInfo, OutputSpec,
+                              SCHEMA_VERSION, StreamingSpec, VideoSpec, write_manifest)
 
 DEFAULT_VARIANT = "selm-s4-r50"
 ALIASES = {"selm": DEFAULT_VARIANT}
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-FRAME_RATE_HZ = 1.0
-OUTPUT_SIZE = [224, 224]
-AVSS_CLASSES = (
-    "background accordion airplane axe baby bassoon bell bird boat boy bus car cat cello clarinet clipper clock dog "
-    "donkey drum duck elephant emergency-car erhu flute frying-food girl goose guitar gun guzheng hair-dryer handpan "
-    "harmonica harp helicopter hen horse keyboard leopard lion man marimba missile-rocket motorcycle mower parrot "
-    "piano pig pipa saw saxophone sheep sitar sorna squirrel tabla tank tiger tractor train trombone truck trumpet "
-    "tuba ukulele utv vacuum-cleaner violin wolf woman").split()
+# Flags that are not build options (build_artifact takes them as its own arguments, or they are CLI-only).
+_NOT_OPTIONS = ("model", "list_models", "out", "checkpoint", "vggish", "seed")
 
 EPILOG = f"""\
 what it does, in order:
   1. builds the model (--model) with its weights (--checkpoint; without one: RANDOM weights, for trials only)
-     and VGGish (--vggish vggish-10086976.pth from torchvggish; without it: random VGGish)
+     and its audio encoder (--vggish vggish-10086976.pth from torchvggish; without it: random weights)
   2. exports ONNX graphs into --out: model.onnx (one clip: frames + VGGish log-mel -> logits) and the streaming
      split encoder.onnx (one frame) / temporal.onnx (the T-frame window) / decoder.onnx (one frame)
   3. validates every graph in ONNX Runtime against PyTorch, and the split against the full graph
      (max abs diff and mask agreement; fails above --atol/--rtol)
   4. with --precision fp16: checks in ONNX Runtime which modules must stay fp32
-  5. writes manifest.json (everything the runtime needs: tensors, preprocessing, classes, validation)
+  5. writes manifest.json (everything the runtime needs: tensors, preprocessing, classes, validation, and the
+     sha256 of every file it names)
   6. builds TensorRT engines (<graph>.<precision>.engine, plain plans) when TensorRT and a GPU are present;
      a cached engine is reused while graph, TensorRT, GPU, precision and plugin are unchanged
 
+A build that fails before step 5 removes what it wrote (and --out itself if it created it); an artifact that
+fails validation is kept for inspection, marked unvalidated (the runtime refuses it).
+
 examples:
   python -m export.build_engine --model selm                      # {DEFAULT_VARIANT}, random weights (a trial)
-  python -m export.build_engine --model selm-s4-pvt --checkpoint S4_pvt.pth --vggish vggish-10086976.pth
-  python -m export.build_engine --model selm-avss-r50 --checkpoint avss_r50.pth --precision fp16 --engine
+  python -m export.build_engine --model selm-s4-pvt --checkpoint S4_PVT.pth --vggish vggish-10086976.pth
+  python -m export.build_engine --model selm-avss-r50 --checkpoint AVSS_R50.pth --precision fp16 --engine
+  python -m export.build_engine --model selm-test --out /tmp/tiny   # tiny random model: a build in seconds
   python -m export.build_engine --list-models
 
-exit status: 0 done; 1 bad input or validation failed; 2 --engine demanded but no engine could be built.
+exit status: 0 done; 1 bad input (flags, model name, files, numbers) or export/validation failed;
+             2 --engine demanded but no engine could be built; 130 interrupted.
 """
 
 
 class UserError(Exception):
-    """Bad input: printed as one line (no traceback), exit status 1."""
+    """Bad input or a failed build: printed as one line (no traceback); ``exit_status`` 1."""
+
+    exit_status = 1
+
+
+class EngineUnavailableError(UserError):
+    """``--engine`` was demanded but no engine can be (or was) built here; ``exit_status`` 2."""
+
+    exit_status = 2
+
+
+class ValidationFailedError(UserError):
+    """The export disagrees with PyTorch beyond tolerance; the artifact is kept, marked unvalidated."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with bad flags exiting 1 like every other bad input (argparse's own default is 2)."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(UserError.exit_status, f"error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI, in argument groups."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m export.build_engine", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Turn an audio-visual segmentation model into a validated ONNX artifact directory "
                     "(full graph + streaming split + manifest.json) and, where TensorRT and a GPU exist, engines.")
@@ -77,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--checkpoint", type=Path, metavar="PATH",
                        help="the official .pth of that variant; omitted: random weights (announced)")
     model.add_argument("--vggish", type=Path, metavar="PATH",
-                       help="torchvggish's vggish-10086976.pth; omitted: random VGGish (announced)")
+                       help="the audio encoder's weights (torchvggish's vggish-10086976.pth); omitted: random "
+                            "weights (announced)")
     model.add_argument("--gumbel", choices=("none", "input"), default="none",
                        help="decoder Gumbel noise: 'none' = deterministic argmax (default); 'input' = an extra "
                             "gumbel_noise input of uniform (0,1) noise (same noise, same result as PyTorch)")
@@ -103,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("--plugin-lib", type=Path, metavar="PATH",
                      help="TensorRT plugin library for --scan plugin (default: plugins/lib/libavs_trt_plugins.so)")
     trt.add_argument("--timing-cache", type=Path, metavar="PATH",
-                     help="TensorRT timing cache, read and updated (default: <out>/timing.cache)")
+                     help="TensorRT timing cache, read and updated (default: <out>/timing.cache; recorded in the "
+                          "manifest only when inside <out>)")
     trt.add_argument("--workspace-gb", type=float, default=2.0, metavar="N",
                      help="builder workspace limit in GiB (default 2)")
     parser.add_argument("-v", "--verbose", action="store_true", help="exporter, TensorRT and comparison details")
@@ -111,39 +133,59 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_model_name(name: Optional[str]) -> str:
-    """The registry name for ``--model`` (aliases resolved); unknown names raise with close matches."""
-    from export.models import list_models
+    """The registry name for ``--model`` (aliases resolved); unknown or non-exportable names raise."""
+    from export.models import list_models, pretrained_cfg
+    from export.onnx_export import EXPORTABLE_FAMILIES
 
     if not name:
         raise UserError("--model is required (try --model selm, or --list-models)")
     name = ALIASES.get(name, name)
-    known = list_models()
-    if name == "vggish":
-        raise UserError("vggish is the audio encoder inside every SelM graph, not a model to export on its own; "
-                        "pass its weights with --vggish PATH and choose a SelM variant with --model")
-    if name not in known:
-        import difflib
-
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UserError(f"unknown model {name!r}.{hint} Known: {', '.join(n for n in known if n != 'vggish')}")
-    from export.models.selm import SELM_CONFIGS
-
-    if name not in SELM_CONFIGS:
-        raise UserError(f"{name}: this command exports the SelM variants ({', '.join(SELM_CONFIGS)}) so far")
+    try:
+        cfg = pretrained_cfg(name)
+    except KeyError as exc:
+        raise UserError(exc.args[0]) from None
+    if cfg.task != "segmentation":
+        raise UserError(f"{name} is an audio encoder used inside the segmentation graphs, not a model to export on "
+                        f"its own; pass its weights with --vggish PATH and choose one of "
+                        f"{', '.join(list_models(task='segmentation'))} with --model")
+    if cfg.family not in EXPORTABLE_FAMILIES:
+        raise UserError(f"{name}: the exporter knows the graphs of {', '.join(EXPORTABLE_FAMILIES)} so far, not "
+                        f"{cfg.family}")
     return name
 
 
-def prepare_out_dir(out: Path) -> Path:
-    """Create ``out`` and prove it is writable, or raise a :class:`UserError` saying how to fix it."""
+def prepare_out_dir(out: Path) -> Optional[Path]:
+    """Create ``out`` and prove it is writable, or raise a :class:`UserError` saying how to fix it.
+
+    Returns the topmost directory this call created (``out`` or a parent), or None when ``out`` existed.
+    """
+    created = None
+    for parent in (out, *out.parents):
+        if parent.exists():
+            break
+        created = parent
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
             pass
     except OSError as exc:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
         raise UserError(f"cannot write to output directory {out}: {exc.strerror or exc}; "
                         "choose another --out or fix its permissions") from None
-    return out
+    return created
+
+
+def discard_partial(out: Path, created: Optional[Path], before: set[Path]) -> None:
+    """Undo a failed build: remove the directory it created, or else only the entries it added to ``out``."""
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for entry in set(out.iterdir()) - before:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def check_readable(path: Path, what: str) -> Path:
@@ -158,66 +200,54 @@ def check_readable(path: Path, what: str) -> Path:
 
 
 def load_models(name: str, checkpoint: Optional[Path], vggish: Optional[Path], gumbel: str, say):
-    """The SelM variant and VGGish, eval mode; unreadable or mismatched checkpoints raise :class:`UserError`."""
-    from export.models import create_model
+    """The variant and its audio encoder, eval mode; unreadable or mismatched checkpoints raise :class:`UserError`."""
+    from export.models import create_model, pretrained_cfg
 
+    cfg = pretrained_cfg(name)
+    encoder = pretrained_cfg(cfg.audio_encoder)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*random weights.*", category=UserWarning)
         try:
-            selm = create_model(name, checkpoint, gumbel=gumbel)
+            model = create_model(name, checkpoint, gumbel=gumbel)
         except (OSError, ValueError) as exc:      # the loader names missing/unexpected keys and the right variant
             raise UserError(f"--checkpoint: {exc}") from None
         try:
-            audio = create_model("vggish", vggish)
+            audio = create_model(encoder.name, vggish)
         except (OSError, ValueError) as exc:
-            raise UserError(f"--vggish: {exc} (expected torchvggish's vggish-10086976.pth)") from None
+            expected = f" (expected {encoder.file})" if encoder.file else ""
+            raise UserError(f"--vggish: {exc}{expected}") from None
     if checkpoint is None:
         say("!" * 78)
         say(f"!! no --checkpoint: {name} has RANDOM weights. The artifact works but segments nothing;")
-        say("!! pass the official .pth for real masks.")
+        say(f"!! pass the official {cfg.file or '.pth'} for real masks.")
         say("!" * 78)
     if vggish is None:
-        say("note: no --vggish: VGGish has random weights (pass vggish-10086976.pth for real audio features)")
-    return selm.eval(), audio.eval()
-
-
-def voc_palette(n: int) -> list[list[int]]:
-    """The PASCAL-VOC colour map AVSBench uses for its class indices: index bits spread over R, G, B from the top."""
-    palette = []
-    for index in range(n):
-        rgb, value = [0, 0, 0], index
-        for bit in range(8):
-            for channel in range(3):
-                rgb[channel] |= ((value >> channel) & 1) << (7 - bit)
-            value >>= 3
-        palette.append(rgb)
-    return palette
-
-
-def output_spec(cfg) -> OutputSpec:
-    """Binary (S4/MS3) or 71-class semantic (AVSS) output semantics."""
-    if cfg.num_classes == 1:
-        return OutputSpec(kind="binary", num_classes=1, activation="sigmoid", threshold=0.5, size=OUTPUT_SIZE,
-                          class_names=["background", "sounding object"], palette=[[0, 0, 0], [255, 255, 255]])
-    if cfg.num_classes != len(AVSS_CLASSES):
-        raise UserError(f"{cfg.name}: {cfg.num_classes} classes, but only the 71 AVSBench-semantic classes are known")
-    return OutputSpec(kind="semantic", num_classes=cfg.num_classes, activation="argmax", threshold=None,
-                      size=OUTPUT_SIZE, class_names=list(AVSS_CLASSES), palette=voc_palette(cfg.num_classes))
+        hint = f" (pass {encoder.file} for real audio features)" if encoder.file else ""
+        say(f"note: no --vggish: {encoder.name} has random weights{hint}")
+    return model.eval(), audio.eval()
 
 
 def video_spec(cfg) -> VideoSpec:
-    return VideoSpec(resolution=cfg.resolution, channel_order="RGB", resize="bilinear", value_scale=1 / 255,
-                     mean=IMAGENET_MEAN, std=IMAGENET_STD, layout="NCHW", frames_per_clip=cfg.frames,
-                     frame_rate_hz=FRAME_RATE_HZ)
+    """Frame preprocessing from a ``PretrainedCfg``."""
+    return VideoSpec(resolution=cfg.input_size, channel_order="RGB", resize=cfg.interpolation, value_scale=1 / 255,
+                     mean=list(cfg.mean), std=list(cfg.std), layout="NCHW", frames_per_clip=cfg.frames_per_clip,
+                     frame_rate_hz=cfg.frame_rate_hz)
 
 
-def audio_spec() -> AudioSpec:
-    """VGGish's log-mel front end (torchvggish / AVSBench), one 0.96 s example per video frame."""
-    return AudioSpec(sample_rate=16000, mono="mean of channels", int16_scale=1 / 32768, window_length=400,
-                     hop_length=160, fft_length=512, window="periodic_hann", spectrum="magnitude", centered=False,
-                     mel_bins=64, mel_min_hz=125.0, mel_max_hz=7500.0, mel_scale="htk", log_offset=0.01,
-                     example_frames=96, example_hop_frames=96, example_seconds=0.96,
-                     layout="[examples, 1, 96 frames, 64 mel bins]")
+def output_spec(cfg) -> OutputSpec:
+    """Output semantics from a ``PretrainedCfg``."""
+    return OutputSpec(kind=cfg.output_kind, num_classes=cfg.num_classes, activation=cfg.activation,
+                      threshold=cfg.threshold, size=[cfg.output_size, cfg.output_size],
+                      class_names=list(cfg.class_names), palette=[list(rgb) for rgb in cfg.palette])
+
+
+def streaming_spec(cfg) -> StreamingSpec:
+    """The streaming split's layout: window of T frames, the newest one decoded."""
+    from export.onnx_export import CARRY
+
+    t = cfg.frames_per_clip
+    return StreamingSpec(window=t, encoder_frames=1, decoder_frames=1, decode_index=t - 1, carry=list(CARRY),
+                         frame_rate_hz=cfg.frame_rate_hz)
 
 
 def tool_versions() -> dict[str, str]:
@@ -266,7 +296,8 @@ class EngineEnvironment:
 
 def engine_environment(args, scan: str) -> EngineEnvironment:
     """TensorRT, a GPU and (for ``--scan plugin``) the plugin library: found, or the reason they are not."""
-    from export.engine import import_tensorrt, probe_gpu, tensorrt_version
+    from runtime.engine_cache import import_tensorrt, tensorrt_version
+    from runtime.gpu import probe_gpu
 
     if args.engine is False:
         return EngineEnvironment("--no-engine given")
@@ -293,8 +324,9 @@ def engine_environment(args, scan: str) -> EngineEnvironment:
 def build_engines(args, env: EngineEnvironment, out: Path, paths: dict[str, Path],
                   fp16_nodes: dict[str, list[str]], say: Callable[[str], None]) -> EngineStatus:
     """Engines for every graph, built or reused through the engine cache; a failure is reported, not raised."""
-    from export.engine import (BuildOptions, BuildProgress, EngineBuildError, EngineCache, EngineKey,
-                               build_serialized_engine, file_sha256, graph_sha256, tensorrt_version)
+    from export.engine import BuildOptions, BuildProgress, EngineBuildError, build_serialized_engine
+    from runtime.engine_cache import EngineCache, EngineKey, graph_sha256, tensorrt_version
+    from runtime.integrity import file_sha256
 
     trt, gpu = env.trt, env.gpu
     plugin = None
@@ -321,9 +353,11 @@ def build_engines(args, env: EngineEnvironment, out: Path, paths: dict[str, Path
             return EngineStatus(built=False, reason=str(exc), tensorrt=tensorrt_version(trt))
         records.append(EngineRecord(graph=role, file=engine.name, precision=args.precision,
                                     key={k: str(v) for k, v in dataclasses.asdict(key).items()}))
-    has_cache = trt.__name__ != "tensorrt_rtx" and timing_cache.is_file()
+    # NOTE: the manifest names only files inside the artifact (a --timing-cache elsewhere is the user's own file)
+    has_cache = (trt.__name__ != "tensorrt_rtx" and timing_cache.is_file()
+                 and timing_cache.resolve().is_relative_to(out.resolve()))
     return EngineStatus(built=True, reason="built, or reused from the engine cache", tensorrt=tensorrt_version(trt),
-                        timing_cache=os.path.relpath(timing_cache, out) if has_cache else None,
+                        timing_cache=os.path.relpath(timing_cache.resolve(), out.resolve()) if has_cache else None,
                         plugin_library=plugin.name if plugin else None, engines=records)
 
 
@@ -349,21 +383,27 @@ def check_scan_libraries(scan: str) -> None:
         raise UserError(f"--scan plugin: {exc}") from None
 
 
-def run(args, say: Callable[[str], None] = print) -> int:
-    """The whole command; returns the exit status."""
+def build_options(parser: argparse.ArgumentParser, options: dict) -> argparse.Namespace:
+    """The CLI's defaults overridden by ``options`` (flag names with '_'); unknown names raise ``TypeError``."""
+    args = parser.parse_args([])
+    known = sorted(k for k in vars(args) if k not in _NOT_OPTIONS)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"build_artifact: unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    for action in parser._actions:
+        value = options.get(action.dest)
+        if action.dest in options and action.choices and value not in action.choices:
+            raise UserError(f"--{action.dest.replace('_', '-')} must be one of {', '.join(action.choices)}, "
+                            f"got {value!r}")
+    for name, value in options.items():
+        setattr(args, name, value)
+    return args
+
+
+def check_numbers(args) -> int:
+    """Positive tolerances and sizes, a supported opset; returns the opset."""
     from export.onnx_export import DEFAULT_OPSET, MIN_OPSET
-    from export.validate import DEFAULT_ATOL, DEFAULT_RTOL
 
-    if args.list_models:
-        from export.models import list_models
-
-        for name in list_models():
-            if name != "vggish":
-                say(name + ("   (default for --model selm)" if name == DEFAULT_VARIANT else ""))
-        return 0
-    name = resolve_model_name(args.model)
-    checkpoint = check_readable(args.checkpoint, "--checkpoint") if args.checkpoint else None
-    vggish_path = check_readable(args.vggish, "--vggish") if args.vggish else None
     opset = args.opset if args.opset is not None else DEFAULT_OPSET
     if opset < MIN_OPSET:
         raise UserError(f"--opset {opset} is too old: the exporter needs opset >= {MIN_OPSET} "
@@ -372,42 +412,88 @@ def run(args, say: Callable[[str], None] = print) -> int:
         value = getattr(args, flag)
         if value is not None and not value > 0:
             raise UserError(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    out = prepare_out_dir(args.out or Path("artifacts") / name)
-    from export.models.selm import SELM_CONFIGS
+    return opset
 
-    scan = choose_scan(args.scan, SELM_CONFIGS[name].frames)
+
+def build_artifact(model: str, out: Path, *, checkpoint: Optional[Path] = None, vggish: Optional[Path] = None,
+                   seed: int = 0, say: Callable[[str], None] = print, **options) -> Path:
+    """Build the artifact of variant ``model`` into ``out``; returns ``out``.
+
+    Args:
+        model: a registered segmentation variant (or an alias such as ``selm``).
+        out: the artifact directory (created if needed).
+        checkpoint, vggish: weight files of the model and its audio encoder; None = random weights (announced).
+        seed: seed of random weights and validation inputs.
+        say: receives the progress lines.
+        **options: any other CLI flag by its Python name (``precision="fp16"``, ``engine=False``, ``scan=...``,
+            ``gumbel=...``, ``atol=...``); an unknown name raises ``TypeError``.
+
+    Raises:
+        UserError: bad input or a failed export/validation (``EngineUnavailableError`` when ``engine=True`` and no
+            engine can be built). A failure before the manifest is written leaves nothing behind: files it added
+            are removed, and ``out`` too if it created it.
+    """
+    from export.validate import DEFAULT_ATOL, DEFAULT_RTOL
+    from export.models import pretrained_cfg
+
+    args = build_options(build_parser(), options)
+    name = resolve_model_name(model)
+    cfg = pretrained_cfg(name)
+    checkpoint = check_readable(Path(checkpoint), "--checkpoint") if checkpoint else None
+    vggish = check_readable(Path(vggish), "--vggish") if vggish else None
+    opset = check_numbers(args)
+    scan = choose_scan(args.scan, cfg.frames_per_clip)
     check_scan_libraries(scan)
     env = engine_environment(args, scan)
     if env.reason and args.engine is True:
-        print(f"error: --engine was demanded, but no engine can be built here: {env.reason}", file=sys.stderr)
-        return 2
+        raise EngineUnavailableError(f"--engine was demanded, but no engine can be built here: {env.reason}")
+    out = Path(out)
+    created = prepare_out_dir(out)
+    before = set(out.iterdir()) if created is None else set()
+    stages = Stages(6 if args.precision == "fp16" else 5, say)
     atol = args.atol if args.atol is not None else DEFAULT_ATOL
     rtol = args.rtol if args.rtol is not None else DEFAULT_RTOL
-    stages = Stages(6 if args.precision == "fp16" else 5, say)
-    with stages(f"building {name} (seed {args.seed})"):
-        import torch
+    try:
+        with stages(f"building {name} (seed {seed})"):
+            import torch
 
-        torch.manual_seed(args.seed)
-        selm, vggish = load_models(name, checkpoint, vggish_path, args.gumbel, say)
-    return export_artifact(args, name, selm, vggish, checkpoint, vggish_path, out, opset, scan, atol, rtol, env,
-                           stages, say)
+            torch.manual_seed(seed)
+            net, audio = load_models(name, checkpoint, vggish, args.gumbel, say)
+        manifest, paths, fp16 = export_artifact(args, cfg, net, audio, checkpoint, vggish, seed, out, opset, scan,
+                                                atol, rtol, stages, say)
+    except ValidationFailedError:
+        raise                                   # a complete artifact, kept for inspection
+    except BaseException:
+        discard_partial(out, created, before)
+        raise
+    with stages("TensorRT engines"):
+        status = engine_step(args, env, out, paths, fp16.keep_fp32_nodes if fp16 else {}, say)
+        versions = dict(manifest.tools, **({env.trt.__name__: env.trt.__version__} if env.trt else {}))
+        write_manifest(dataclasses.replace(manifest, engine=status, tools=versions), out)
+    if args.engine is True and not status.built:
+        raise EngineUnavailableError(f"--engine was demanded, but the engine build failed: {status.reason} "
+                                     f"(the ONNX artifact in {out} is complete)")
+    say(f"artifact ready: {out / 'manifest.json'}")
+    return out
 
 
-def export_artifact(args, name, selm, vggish, checkpoint, vggish_path, out, opset, scan, atol, rtol, env, stages,
-                    say) -> int:
-    """Stages 2..: export, validate, (fp16 check), manifest, engines; returns the exit status."""
-    from export.engine import file_sha256, graph_sha256
-    from export.onnx_export import export_graph, graph_defs, sample_inputs, tensor_specs
+def export_artifact(args, cfg, model, audio, checkpoint, vggish_path, seed, out, opset, scan, atol, rtol, stages,
+                    say):
+    """Stages 2..: export, validate, (fp16 check), manifest; returns ``(manifest, graph paths, fp16 report)``.
+
+    Validation failure writes the manifest (marked unvalidated, kept for inspection) and raises :class:`UserError`.
+    """
+    from export.onnx_export import export_graph, export_graphs, noise_shape, sample_inputs, tensor_specs
     from export.validate import describe, validate_export
+    from runtime.engine_cache import graph_sha256
+    from runtime.integrity import file_sha256
 
-    cfg = selm.cfg
     gumbel_input = args.gumbel == "input"
-    reference = graph_defs(selm, vggish, gumbel_input)          # the model as loaded: validation's reference
-    defs = graph_defs(copy.deepcopy(selm).fold_inert(), vggish, gumbel_input)   # DAM's inert A2V folded
-    noise_shape = tuple(selm.gumbel_noise_shape(cfg.frames)) if gumbel_input else None
-    metadata = {"avs.model": name, "avs.manifest_schema": str(SCHEMA_VERSION), "avs.scan": scan}
+    reference, defs = export_graphs(model, audio, gumbel_input)
+    metadata = {"avs.model": cfg.name, "avs.family": cfg.family, "avs.manifest_schema": str(SCHEMA_VERSION),
+                "avs.scan": scan}
     with stages(f"exporting ONNX (opset {opset}, scan '{scan}') into {out}"):
-        inputs = sample_inputs(reference, cfg, noise_shape, args.seed)
+        inputs = sample_inputs(reference, model.cfg, noise_shape(model, gumbel_input), seed)
         paths = {}
         for role, gdef in defs.items():
             say(f"      {gdef.file} ...")
@@ -415,9 +501,8 @@ def export_artifact(args, name, selm, vggish, checkpoint, vggish_path, out, opse
                 paths[role] = export_graph(gdef, inputs[role], out, opset, scan, metadata, args.verbose)
             except ValueError as exc:
                 raise UserError(f"export of {gdef.file} failed: {exc}") from None
-    kind = "binary" if cfg.num_classes == 1 else "semantic"
     with stages("validating: ONNX Runtime vs PyTorch, streaming split vs full graph"):
-        records = validate_export(reference, paths, inputs, kind=kind, atol=atol, rtol=rtol, seed=args.seed,
+        records = validate_export(reference, paths, inputs, kind=cfg.output_kind, atol=atol, rtol=rtol, seed=seed,
                                   say=lambda line: say("      " + line))
     fp16 = None
     if args.precision == "fp16":
@@ -425,7 +510,7 @@ def export_artifact(args, name, selm, vggish, checkpoint, vggish_path, out, opse
         from export.validate import session_options
 
         with stages("fp16 sensitivity check in ONNX Runtime"):
-            fp16 = fp16_sensitivity(paths, "full", inputs["full"], kind=kind,
+            fp16 = fp16_sensitivity(paths, "full", inputs["full"], kind=cfg.output_kind,
                                     budget=args.fp16_budget or DEFAULT_BUDGET, say=lambda line: say("      " + line),
                                     session_options=session_options(paths["full"]))
     graphs = {}
@@ -441,38 +526,49 @@ def export_artifact(args, name, selm, vggish, checkpoint, vggish_path, out, opse
     passed = all(r.passed for r in records)
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
-        model=ModelInfo(name=name, family="selm", setting=cfg.setting, backbone=cfg.backbone,
+        model=ModelInfo(name=cfg.name, family=cfg.family, setting=cfg.setting, backbone=cfg.backbone,
                         checkpoint=digest(checkpoint), vggish_checkpoint=digest(vggish_path),
-                        random_weights=checkpoint is None, weights_seed=args.seed, gumbel=args.gumbel),
+                        random_weights=checkpoint is None, weights_seed=seed, gumbel=args.gumbel),
         opset=opset, scan=scan, precision=args.precision, tools=tool_versions(), graphs=graphs,
-        video=video_spec(cfg), audio=audio_spec(), output=output_spec(cfg),
-        streaming=StreamingSpec(window=cfg.frames, encoder_frames=1, decoder_frames=1, decode_index=cfg.frames - 1,
-                                carry=["pooled", "audio"], frame_rate_hz=FRAME_RATE_HZ),
+        video=video_spec(cfg), audio=cfg.audio, output=output_spec(cfg), streaming=streaming_spec(cfg),
         validation=records, fp16=fp16,
         engine=EngineStatus(built=False, reason="validation failed" if not passed else "not attempted yet"),
         created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    if not passed:
-        write_manifest(manifest, out)
-        failed = [describe(r) for r in records if not r.passed]
-        raise UserError("validation failed (artifact kept for inspection, marked unvalidated): " + " | ".join(failed))
     with stages("writing manifest.json"):
         write_manifest(manifest, out)
-    with stages("TensorRT engines"):
-        status = engine_step(args, env, out, paths, fp16.keep_fp32_nodes if fp16 else {}, say)
-        versions = dict(manifest.tools, **({env.trt.__name__: env.trt.__version__} if env.trt else {}))
-        write_manifest(dataclasses.replace(manifest, engine=status, tools=versions), out)
-    say(f"artifact ready: {out / 'manifest.json'}")
-    return 2 if (args.engine is True and not status.built) else 0
+    if not passed:
+        failed = [describe(r) for r in records if not r.passed]
+        raise ValidationFailedError("validation failed (artifact kept for inspection, marked unvalidated): "
+                                    + " | ".join(failed))
+    return manifest, paths, fp16
+
+
+def run(args, say: Callable[[str], None] = print) -> int:
+    """The whole command; returns the exit status (errors raise :class:`UserError`)."""
+    if args.list_models:
+        from export.models import list_models, pretrained_cfg
+
+        for name in list_models(task="segmentation"):
+            note = "   (default for --model selm)" if name == DEFAULT_VARIANT else ""
+            if not pretrained_cfg(name).file:
+                note = "   (tiny test variant: random weights only)"
+            say(name + note)
+        return 0
+    name = resolve_model_name(args.model)
+    options = {k: v for k, v in vars(args).items() if k not in _NOT_OPTIONS}
+    build_artifact(name, args.out or Path("artifacts") / name, checkpoint=args.checkpoint, vggish=args.vggish,
+                   seed=args.seed, say=say, **options)
+    return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point: user errors print one line and exit 1."""
+    """Entry point: errors print one line and return their exit status (see ``--help``)."""
     args = build_parser().parse_args(argv)
     try:
         return run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

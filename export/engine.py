@@ -1,185 +1,28 @@
-"""TensorRT engines for an artifact directory: build with a progress bar, a timing cache and a keyed engine cache.
+"""Building TensorRT engines: parse ONNX, configure the builder (fp16 layer pinning, timing cache), report progress.
 
-An engine is a raw TensorRT plan (``<graph>.<precision>.engine``, loadable by ``trtexec --loadEngine``) with a
-sidecar ``<file>.json`` holding the :class:`EngineKey` it was built under: graph sha256, TensorRT version, GPU
-name and compute capability, precision and plugin-library sha256. A matching engine is reused; any mismatch
-(another TensorRT, another GPU, a changed graph or plugin, a truncated plan) is rebuilt with a message saying why.
-
-TensorRT is imported lazily: ``tensorrt`` (JetPack / desktop TensorRT) first, then ``tensorrt_rtx``. Everything
-but :func:`build_serialized_engine` and the monitor/logger adapters is plain host logic, testable without either.
+The engine key, the keyed engine cache and TensorRT/GPU discovery live on the runtime side
+(:mod:`runtime.engine_cache`, :mod:`runtime.gpu`), so the builder and the runtime decide alike. Everything here but
+:func:`build_serialized_engine` and the monitor/logger adapters is plain host logic, testable without TensorRT.
 """
 from __future__ import annotations
 
-import ctypes
-import hashlib
-import importlib
-import json
-import os
 import re
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 from tqdm import tqdm
 
+from runtime.engine_cache import tensorrt_version, write_atomic
+
 PRECISIONS = ("fp32", "fp16")
-TENSORRT_MODULES = ("tensorrt", "tensorrt_rtx")
-_CU_ATTR_CC_MAJOR, _CU_ATTR_CC_MINOR = 75, 76
 _ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
 
 
 class EngineBuildError(RuntimeError):
     """TensorRT could not parse or build a graph; the message says which graph and why."""
-
-
-def file_sha256(path: os.PathLike | str) -> str:
-    """sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def graph_sha256(onnx_path: os.PathLike | str) -> str:
-    """sha256 over an ONNX file and its external-data file (``<file>.data``) when there is one."""
-    digest = hashlib.sha256()
-    for part in (Path(onnx_path), Path(f"{onnx_path}.data")):
-        if part.is_file():
-            digest.update(file_sha256(part).encode())
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    """The GPU an engine is built for."""
-    name: str
-    compute_capability: str
-
-
-def probe_gpu(device: int = 0) -> tuple[Optional[GpuInfo], str]:
-    """Ask the CUDA driver (``libcuda``, no toolkit needed) for GPU ``device``: ``(info, "")`` or ``(None, why)``."""
-    lib = None
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    if lib is None:
-        return None, "no NVIDIA GPU driver on this machine (libcuda.so.1 not found)"
-    rc = lib.cuInit(0)
-    if rc != 0:
-        return None, f"the CUDA driver found no usable GPU (cuInit returned {rc})"
-    count = ctypes.c_int(0)
-    if lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value <= device:
-        return None, f"no CUDA device {device} (the driver reports {count.value})"
-    handle = ctypes.c_int(0)
-    lib.cuDeviceGet(ctypes.byref(handle), device)
-    buf = ctypes.create_string_buffer(256)
-    lib.cuDeviceGetName(buf, len(buf), handle)
-    major, minor = ctypes.c_int(0), ctypes.c_int(0)
-    lib.cuDeviceGetAttribute(ctypes.byref(major), _CU_ATTR_CC_MAJOR, handle)
-    lib.cuDeviceGetAttribute(ctypes.byref(minor), _CU_ATTR_CC_MINOR, handle)
-    return GpuInfo(buf.value.decode(errors="replace"), f"{major.value}.{minor.value}"), ""
-
-
-def import_tensorrt(preferred: Sequence[str] = TENSORRT_MODULES) -> tuple[Optional[ModuleType], str]:
-    """The first importable TensorRT Python module: ``(module, "")`` or ``(None, why)``."""
-    reasons = []
-    for name in preferred:
-        try:
-            return importlib.import_module(name), ""
-        except ImportError as exc:
-            reasons.append(f"{name}: {exc}")
-    return None, "TensorRT's Python package is not installed (" + "; ".join(reasons) + ")"
-
-
-def tensorrt_version(trt: ModuleType) -> str:
-    """'tensorrt 10.3.0' or 'tensorrt_rtx 1.7.1.116': product and version, as the cache key records it."""
-    return f"{trt.__name__} {trt.__version__}"
-
-
-@dataclass(frozen=True)
-class EngineKey:
-    """What an engine depends on; an engine is reused only when every field matches."""
-    graph_sha256: str
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
-    precision: str
-    plugin_sha256: str
-
-    def mismatches(self, other: "EngineKey") -> list[str]:
-        """Human-readable differences, ``other`` being the key the existing engine was built under."""
-        labels = {"graph_sha256": "the ONNX graph changed", "plugin_sha256": "the plugin library changed"}
-        out = []
-        for f in fields(self):
-            mine, theirs = getattr(self, f.name), getattr(other, f.name)
-            if mine != theirs:
-                out.append(labels.get(f.name, f"{f.name.replace('_', ' ')} was {theirs!r}, now {mine!r}"))
-        return out
-
-
-class EngineCache:
-    """Raw plans plus ``.json`` key sidecars in one directory."""
-
-    def __init__(self, directory: os.PathLike | str):
-        self.directory = Path(directory)
-
-    def engine_path(self, graph: str, precision: str) -> Path:
-        """Where the engine for ``graph`` at ``precision`` lives."""
-        return self.directory / f"{graph}.{precision}.engine"
-
-    @staticmethod
-    def key_path(engine: Path) -> Path:
-        return engine.with_name(engine.name + ".json")
-
-    def check(self, engine: Path, key: EngineKey) -> tuple[bool, str]:
-        """``(True, "")`` when ``engine`` exists, is intact and was built under ``key``; else ``(False, why)``."""
-        sidecar = self.key_path(engine)
-        if not engine.is_file():
-            return False, "no cached engine"
-        try:
-            record = json.loads(sidecar.read_text(encoding="utf-8"))
-            stored = EngineKey(**record["key"])
-            plan_sha = record["plan_sha256"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            return False, f"its key file {sidecar.name} is missing or unreadable ({exc.__class__.__name__})"
-        diffs = key.mismatches(stored)
-        if diffs:
-            return False, "; ".join(diffs)
-        if file_sha256(engine) != plan_sha:
-            return False, "the plan file is damaged (sha256 differs from the one recorded at build time)"
-        return True, ""
-
-    def store(self, engine: Path, plan: bytes, key: EngineKey) -> None:
-        """Write the plan and then its sidecar, each atomically."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        _write_atomic(engine, plan)
-        record = {"key": asdict(key), "plan_sha256": hashlib.sha256(plan).hexdigest()}
-        _write_atomic(self.key_path(engine), (json.dumps(record, indent=2) + "\n").encode())
-
-    def get_or_build(self, graph: str, key: EngineKey, build: Callable[[], bytes],
-                     say: Callable[[str], None] = print) -> tuple[Path, bool]:
-        """The engine for ``graph``: reused if its key matches, else made by ``build()``; ``(path, built)``."""
-        engine = self.engine_path(graph, key.precision)
-        ok, why = self.check(engine, key)
-        if ok:
-            say(f"engine {engine.name}: cached, key matches; reusing it")
-            return engine, False
-        verb = "building" if why == "no cached engine" else "rebuilding"
-        say(f"engine {engine.name}: {verb} ({why})")
-        self.store(engine, build(), key)
-        return engine, True
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class BuildProgress:
@@ -368,5 +211,5 @@ def build_serialized_engine(trt: ModuleType, onnx_path: Path, options: BuildOpti
                                + ("cancelled" if cancelled else "; ".join(logger.errors) or "no error message"))
     if not rtx and options.timing_cache is not None:
         options.timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(options.timing_cache, bytes(config.get_timing_cache().serialize()))
+        write_atomic(options.timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(plan)

@@ -28,6 +28,7 @@ from onnx import numpy_helper
 from tqdm import tqdm
 
 from export.validate import mask_agreement
+from plugins import scan_contract
 from runtime.manifest import Fp16Report
 
 METHOD = ("fp16-storage emulation in ONNX Runtime (weights and activations rounded to fp16, fp32 math); "
@@ -38,7 +39,7 @@ START_DEPTH = 2
 MAX_DEPTH = 4
 SCAN_GROUP = "selective_scan"
 TOP_GROUP = "(graph)"
-_SCAN_OP = ("avs", "SelectiveScan")
+_SCAN_OP = (scan_contract.DOMAIN, scan_contract.OP_TYPE)
 _SCAN_NAMESPACE = "avs.selective_scan"
 _FLOATS = (onnx.TensorProto.FLOAT,)
 

@@ -16,6 +16,7 @@ the resolution; T is the model's clip length).
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -34,6 +35,8 @@ from runtime.manifest import TensorSpec
 GRAPH_FILES = {"full": "model.onnx", "encoder": "encoder.onnx", "temporal": "temporal.onnx",
                "decoder": "decoder.onnx"}
 MAP_NAMES = ("map1", "map2", "map3", "map4")
+CARRY = ("pooled", "audio")          # encoder outputs the runtime keeps per frame for the temporal graph
+EXPORTABLE_FAMILIES = ("selm",)      # families whose graphs this module knows
 LOG_MEL_EXAMPLE = (1, 96, 64)
 LOG_MEL_RANGE = (-4.6, 3.0)          # log(0.01) (silence) .. loud speech/music, for random validation inputs
 MIN_OPSET = 18
@@ -110,6 +113,19 @@ def graph_defs(selm: nn.Module, vggish: nn.Module, gumbel_input: bool) -> dict[s
         "decoder": GraphDef("decoder", DecoderGraph(selm), (*MAP_NAMES, "gates", "audio_out", *noise),
                             ("logits",)),
     }
+
+
+def export_graphs(model: nn.Module, audio_encoder: nn.Module, gumbel_input: bool
+                  ) -> tuple[dict[str, GraphDef], dict[str, GraphDef]]:
+    """``(reference, exported)``: the graphs of the model as loaded (validation's reference) and as exported, with
+    DAM's inert audio-to-visual branch folded into a constant."""
+    folded = copy.deepcopy(model).fold_inert()
+    return graph_defs(model, audio_encoder, gumbel_input), graph_defs(folded, audio_encoder, gumbel_input)
+
+
+def noise_shape(model: nn.Module, gumbel_input: bool) -> Optional[tuple[int, ...]]:
+    """Shape of the full graph's ``gumbel_noise`` input, or None without one."""
+    return tuple(model.gumbel_noise_shape(model.cfg.frames)) if gumbel_input else None
 
 
 def run_torch(gdef: GraphDef, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""VGGish log-mel front-end in numpy + soxr, for whole clips and for a live microphone stream.
+"""VGGish log-mel front-end in numpy, for whole clips and for a live microphone stream.
 
 Reproduces the front-end that AVSBench-derived models (SelM, COMBO, ...) were trained with (torchvggish's
 ``waveform_to_examples``; see shared/specs/upstream-code.md section 1.1):
@@ -7,8 +7,8 @@ Reproduces the front-end that AVSBench-derived models (SelM, COMBO, ...) were tr
   signed widths by 2**(bits-1); unsigned PCM is offset-binary, centred first); float input is taken as already in
   [-1, 1] and kept as is;
 * channels: ``(samples,)`` or ``(samples, channels)`` as soundfile returns them, mixed to mono by the mean;
-* resampling to 16 kHz with soxr (``RESAMPLER_QUALITY``). The official code used resampy's ``kaiser_best``; in the
-  log-mel domain the two agree to within the figures measured in tests/test_audio.py (``test_soxr_close_to_resampy``);
+* resampling to 16 kHz with resampy's ``kaiser_best`` filter, as the official code did, reimplemented in numpy
+  (``runtime.resample``; equal to resampy to about 1e-11, see tests/test_resample.py);
 * periodic Hann window of 400 samples, hop 160, FFT 512, no padding or centring, magnitude spectrum;
 * 64 HTK-mel bands, 125-7500 Hz: bin frequencies linspace(0, 8000, 257), 66 band edges linearly spaced in mel,
   triangles linear in the mel domain, DC bin weight 0, no area normalisation; then ``log(mel + 0.01)``;
@@ -30,7 +30,8 @@ import functools
 import numbers
 
 import numpy as np
-import soxr
+
+from runtime.resample import StreamResampler, resample
 
 __all__ = [
     "SAMPLE_RATE",
@@ -45,7 +46,6 @@ __all__ = [
     "EXAMPLE_SECONDS",
     "EXAMPLE_HOP_SAMPLES",
     "EXAMPLE_SPAN_SAMPLES",
-    "RESAMPLER_QUALITY",
     "MAX_CHANNELS",
     "FLOAT_PEAK_LIMIT",
     "hann_window",
@@ -70,7 +70,6 @@ EXAMPLE_FRAMES = 96
 EXAMPLE_SECONDS = EXAMPLE_FRAMES * HOP_SAMPLES / SAMPLE_RATE  # 0.96: start-to-start distance of examples
 EXAMPLE_HOP_SAMPLES = EXAMPLE_FRAMES * HOP_SAMPLES  # 15360
 EXAMPLE_SPAN_SAMPLES = WINDOW_SAMPLES + (EXAMPLE_FRAMES - 1) * HOP_SAMPLES  # 15600: samples one example reads
-RESAMPLER_QUALITY = "HQ"
 # A (samples, channels) array wider than this is almost surely (channels, samples): refuse it.
 MAX_CHANNELS = 32
 # Float audio is expected in [-1, 1]; a peak above this is integer PCM stored as float, not clipping.
@@ -147,6 +146,9 @@ def _check_sample_rate(sample_rate: float) -> float:
     rate = float(sample_rate)
     if not np.isfinite(rate) or rate <= 0:
         raise ValueError(f"sample_rate must be finite and > 0 (e.g. 16000, 44100, 48000); got {sample_rate!r}")
+    if rate != int(rate):
+        raise ValueError(f"sample_rate must be a whole number of Hz (e.g. 44100, 48000); got {sample_rate!r}: "
+                         "round a measured device rate to its nominal value")
     return rate
 
 
@@ -190,11 +192,13 @@ def to_mono(waveform: np.ndarray) -> np.ndarray:
 
 
 def resample_to_16k(mono: np.ndarray, sample_rate: float) -> np.ndarray:
-    """Resample a mono float64 signal to ``SAMPLE_RATE`` with soxr (identity when already at 16 kHz)."""
+    """Resample a mono float64 signal to ``SAMPLE_RATE`` (resampy ``kaiser_best``; identity when already at 16 kHz).
+
+    The rate must be a whole number of Hz."""
     rate = _check_sample_rate(sample_rate)
     if rate == SAMPLE_RATE or mono.size == 0:
         return mono
-    return soxr.resample(mono, rate, SAMPLE_RATE, quality=RESAMPLER_QUALITY)
+    return resample(mono, rate, SAMPLE_RATE)
 
 
 def log_mel_frames(waveform16k: np.ndarray) -> np.ndarray:
@@ -210,7 +214,8 @@ def waveform_to_examples(waveform: np.ndarray, sample_rate: float) -> np.ndarray
     """VGGish input examples of a waveform: float32 ``[N, 1, 96, 64]``, N = complete 0.96-s examples.
 
     ``waveform`` is ``(samples,)`` or ``(samples, channels)``, integer PCM or float in [-1, 1], at any
-    ``sample_rate`` (resampled to 16 kHz). A partial example at the end is dropped; short input gives N = 0.
+    whole-number ``sample_rate`` (resampled to 16 kHz). A partial example at the end is dropped; short input gives
+    N = 0.
     """
     rate = _check_sample_rate(sample_rate)
     mono16k = resample_to_16k(to_mono(waveform), rate)
@@ -239,17 +244,16 @@ class LogMelStream:
 
     Keeps only the 16 kHz samples not yet framed (< 400) and the newest 96 log-mel frames, so memory is bounded
     and no frame is computed twice. Concatenated over any chunking, ``push`` outputs followed by ``flush()`` equal
-    ``waveform_to_examples`` of the whole signal, bit for bit (soxr's streaming resampler matches its one-shot
-    resampler exactly). At rates other than 16 kHz the resampler holds back a few milliseconds of audio (its
-    filter delay) until more input or ``flush()`` arrives.
+    ``waveform_to_examples`` of the whole signal, bit for bit (``runtime.resample.StreamResampler`` equals the
+    batch resampler exactly). At rates other than 16 kHz the resampler holds back about 3 ms of audio (half its
+    filter) until more input or ``flush()`` arrives.
     """
 
     def __init__(self, sample_rate: float):
         self.sample_rate = _check_sample_rate(sample_rate)
         self._resampler = None
         if self.sample_rate != SAMPLE_RATE:
-            self._resampler = soxr.ResampleStream(self.sample_rate, SAMPLE_RATE, 1, dtype="float64",
-                                                  quality=RESAMPLER_QUALITY)
+            self._resampler = StreamResampler(self.sample_rate, SAMPLE_RATE)
         self._samples = np.zeros(0, dtype=np.float64)
         self._frames = np.zeros((0, NUM_MEL_BANDS), dtype=np.float32)
         self._frames_done = 0
@@ -283,7 +287,7 @@ class LogMelStream:
             raise RuntimeError("push() after flush(): this stream has ended; create a new LogMelStream")
         mono = to_mono(samples)
         if self._resampler is not None:
-            mono = self._resampler.resample_chunk(mono)
+            mono = self._resampler.push(mono)
         return self._consume(mono)
 
     def flush(self) -> np.ndarray:
@@ -293,7 +297,7 @@ class LogMelStream:
         self._flushed = True
         if self._resampler is None:
             return self._consume(np.zeros(0, dtype=np.float64))
-        return self._consume(self._resampler.resample_chunk(np.zeros(0, dtype=np.float64), last=True))
+        return self._consume(self._resampler.flush())
 
     def latest_example(self) -> np.ndarray | None:
         """The newest 96 frames as one example ``[1, 96, 64]`` (the audio ending at the newest frame's window end),

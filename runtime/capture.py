@@ -11,7 +11,9 @@ uses; network streams' own timestamps are often synthetic, e.g. MJPEG over HTTP)
 time (the clock of their own audio track).
 
 A live source that fails mid-stream is reopened with exponential backoff (``retries`` attempts, ``backoff`` doubling
-up to ``max_backoff`` seconds); when every attempt fails it stops with ``lost`` set and ``error`` saying why.
+up to ``max_backoff`` seconds); when every attempt fails it stops with ``lost`` set and ``error`` saying why. A file
+that ends in a decoding error or before the frame count its header declares (a truncated download) sets
+``incomplete`` and ``error``.
 Cameras are read with OpenCV, files and URLs with PyAV.
 """
 from __future__ import annotations
@@ -162,6 +164,7 @@ class _PyAVVideo:
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate else None
         self.finite = not network
+        self.declared_frames = int(stream.frames or 0)
         self._frames = self._container.decode(stream)
         self.error: Optional[str] = None
 
@@ -227,6 +230,7 @@ class VideoSource:
         self.dropped = 0
         self.reconnects = 0
         self.lost = False
+        self.incomplete = False
         self.error: Optional[str] = None
 
     def start(self) -> "VideoSource":
@@ -288,7 +292,10 @@ class VideoSource:
                     self._deliver(*got)
                     continue
                 why = getattr(self._reader, "error", None) or "it stopped delivering frames"
-                if self._reader.finite or self._stop.is_set() or not self._reconnect(why):
+                if self._reader.finite:
+                    self._check_complete()
+                    break
+                if self._stop.is_set() or not self._reconnect(why):
                     break
         finally:
             if self._reader is not None:
@@ -314,6 +321,18 @@ class VideoSource:
                 self.dropped += 1
             self._newest = frame
             self._cond.notify_all()
+
+    def _check_complete(self) -> None:
+        """A file that ended in a decoding error, or before the frames its header declares, is incomplete."""
+        error = getattr(self._reader, "error", None)
+        declared = getattr(self._reader, "declared_frames", 0)
+        if error is None and not (declared and self.frames_read < declared):
+            return
+        self.incomplete = True
+        of = f" of the {declared} its header declares" if declared else ""
+        self.error = (f"{self.uri} ended early, after {self.frames_read} frames{of}"
+                      + (f" ({error})" if error else "") + ": the file is truncated or corrupt")
+        self._on_event(self.error)
 
     def _reconnect(self, why: str) -> bool:
         """Reopen a failed live source with backoff; False (and ``lost``) when every attempt failed."""

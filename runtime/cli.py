@@ -1,50 +1,47 @@
 """``avs-stream``: live audio-visual segmentation from a camera and microphone, a video file or a network stream.
 
-Run ``avs-stream --help`` for the flags and examples. The loop is the jetson-inference one: take the newest frame,
-pair it with its audio, segment it, draw it, write it, until the source stops, ``--duration`` passes, q/ESC is
-pressed or Ctrl-C arrives; every output file is finalised on the way out. Faults end with one line saying what
-happened and what to do, and an exit status from ``ExitCode``.
+Run ``avs-stream --help`` for the flags and examples. This module is the argument parser and the loop, the
+jetson-inference one: take the newest frame, pair it with its audio (``runtime.microphone.AudioPump``), segment
+it, hand it to the outputs (``runtime.outputs.Outputs``), until the source stops, ``--duration`` passes, q/ESC is
+pressed or Ctrl-C arrives; every output is finalised on the way out. Faults end with one line saying what happened
+and what to do, and an exit status from ``ExitCode``.
 """
 from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
-import json
-import math
 import os
-import queue
 import signal
-import subprocess
 import sys
-import threading
 import time
 from enum import IntEnum
 from pathlib import Path
-from typing import Callable, Optional, TextIO
+from typing import Callable, Optional
 
 import numpy as np
 
-__all__ = ["ExitCode", "build_parser", "main", "run", "demo_cache_dir", "ensure_artifacts"]
+from runtime.builder import ArtifactError, demo_cache_dir, ensure_artifacts
+
+__all__ = ["ExitCode", "UserError", "build_parser", "main", "run", "demo_cache_dir", "ensure_artifacts"]
 
 DEMO_MODEL = "selm-s4-r50"
-DEFAULT_MODEL_DIR = Path("artifacts") / DEMO_MODEL
 DEMO_OUTPUT = Path("avs-demo.mp4")
 DEMO_CLIP = "demo-clip.mp4"
 LIVE_AUDIO_WAIT = 0.25  # seconds a live frame waits for its audio
-AUDIO_LOOKAHEAD = 0.5  # seconds of a file's audio pushed beyond the current frame
-WINDOW_NAME = "avs-stream"
+FORCE_QUIT = 130  # exit status after the third interrupt (128 + SIGINT)
 
 
 class ExitCode(IntEnum):
     """Exit status of ``avs-stream``."""
     OK = 0  # finished, or stopped by q/ESC/Ctrl-C with every output finalised
-    USAGE = 2  # bad flags
+    USAGE = 2  # bad flags, or an output path that cannot be written
     VIDEO_SOURCE = 3  # the camera, file or URL cannot be opened (or has no frames)
     AUDIO_SOURCE = 4  # the microphone cannot be opened
     ARTIFACTS = 5  # model directory missing, from another version, or cannot be built
     BACKEND = 6  # the inference backend cannot run the artifact here
     SOURCE_LOST = 7  # a live source failed mid-stream and did not come back (outputs are finalised)
+    OUTPUT = 8  # an output file failed mid-run (disk full, ...); the others are finalised
+    SOURCE_INCOMPLETE = 9  # a file ended early (truncated or corrupt); outputs hold the frames it had
 
 
 class UserError(Exception):
@@ -59,13 +56,16 @@ EPILOG = f"""\
 examples:
   avs-stream --demo                                   # generated clip, demo model built on first use -> {DEMO_OUTPUT}
   avs-stream --camera 0 --mic default --model-dir artifacts/{DEMO_MODEL}
-  avs-stream --source talk.mp4 --output talk-seg.mp4 --jsonl talk.jsonl --headless
-  avs-stream --source rtsp://192.168.1.20:554/stream --mic none --save-masks masks/
+  avs-stream --source talk.mp4 --model-dir artifacts/{DEMO_MODEL} --output talk-seg.mp4 --jsonl talk.jsonl --headless
+  avs-stream --source rtsp://192.168.1.20:554/stream --mic none --model-dir DIR --save-masks masks/
   avs-stream --list-devices
 
 schedule: each frame is paired with the 0.96 s of audio ending at its timestamp; the temporal window holds up to T
 frames spaced as in training (1 s for SelM) ending at the newest frame; the newest frame is segmented at display
 rate through the streaming split (encoder once per frame, temporal graph on the window, decoder on the frame).
+
+Ctrl-C stops and finalises every output; a second one during finalising is ignored, a third quits at once
+(exit {FORCE_QUIT}; the mp4 is fragmented, so it still plays up to its last second).
 
 exit status: {', '.join(f'{c.value} {c.name.lower()}' for c in ExitCode)}.
 """
@@ -83,18 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--mic", metavar="NAME|INDEX|default|none",
                         help="microphone (default with --camera: 'default'); 'none' runs video-only with silence")
     source.add_argument("--demo", action="store_true",
-                        help="run on a generated clip with the demo model (both made on first use)")
+                        help=f"run on a generated clip with the demo model (both made on first use, kept in "
+                             f"$AVS_EDGE_CACHE/demo or ~/.cache/avs-edge/demo); writes {DEMO_OUTPUT} unless "
+                             "--output is given")
     source.add_argument("--retries", type=int, default=5, metavar="N",
                         help="reconnection attempts for a lost camera or stream, waits doubling from 0.5 s "
                              "(default 5)")
     source.add_argument("--list-devices", action="store_true", help="list cameras and microphones, then exit")
     model = parser.add_argument_group("Model: the artifact directory and how to run it")
     model.add_argument("--model-dir", type=Path, metavar="DIR",
-                       help=f"artifact directory from python -m export.build_engine (default {DEFAULT_MODEL_DIR})")
+                       help="artifact directory from python -m export.build_engine (required with --camera and "
+                            "--source; --demo uses its cache)")
     model.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime"), default="auto",
                        help="inference backend (default auto: TensorRT when engines fit this machine)")
     model.add_argument("--threshold", type=float, metavar="P", help="mask threshold for binary models (default 0.5)")
-    output = parser.add_argument_group("Output: what is shown and saved")
+    output = parser.add_argument_group("Output: what is shown and saved (paths are checked before the model loads)")
     output.add_argument("--output", type=Path, metavar="OUT.mp4", help="annotated video with the audio muxed back")
     output.add_argument("--save-masks", type=Path, metavar="DIR", help="one PNG mask per segmented frame")
     output.add_argument("--jsonl", type=Path, metavar="PATH",
@@ -103,39 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--duration", type=float, metavar="S", help="stop after S seconds of stream")
     output.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
     return parser
-
-
-def demo_cache_dir() -> Path:
-    """Where ``--demo`` keeps its artifacts and clip: ``$AVS_EDGE_CACHE`` or ``~/.cache/avs-edge``."""
-    return Path(os.environ.get("AVS_EDGE_CACHE", Path.home() / ".cache" / "avs-edge")) / "demo"
-
-
-def ensure_artifacts(directory: Path, model: str = DEMO_MODEL, say: Callable[[str], None] = print) -> Path:
-    """``directory`` holding a loadable artifact of ``model``, built by ``python -m export.build_engine`` if needed."""
-    from runtime.manifest import ManifestError, load_manifest
-
-    try:
-        load_manifest(directory)
-        return directory
-    except ManifestError as exc:
-        reason = str(exc).split(";")[0]
-    if importlib.util.find_spec("torch") is None:
-        raise UserError(ExitCode.ARTIFACTS,
-                        f"{reason}; building it needs PyTorch (pip install 'avs-edge[export]'), or build it on "
-                        f"another machine with python -m export.build_engine --model {model} and pass --model-dir")
-    say(f"building the {model} artifact in {directory} (first use; a few minutes): {reason}")
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "export.build_engine", "--model", model, "--out", str(directory)]
-    done = subprocess.run(command, env=env, stdout=sys.stderr, stderr=sys.stderr)
-    if done.returncode != 0:
-        raise UserError(ExitCode.ARTIFACTS, f"building the artifact failed ({' '.join(command)} exited with "
-                                            f"{done.returncode}; its messages are above)")
-    try:
-        load_manifest(directory)
-    except ManifestError as exc:
-        raise UserError(ExitCode.ARTIFACTS, f"the freshly built artifact does not load: {exc}") from None
-    return directory
 
 
 def list_devices(say: Callable[[str], None]) -> None:
@@ -155,104 +125,19 @@ def list_devices(say: Callable[[str], None]) -> None:
         say(f"microphones: unavailable: {exc}")
 
 
-class AudioPump:
-    """Moves audio from its source (microphone, file track or nothing) to the segmenter and the mp4 writer.
-
-    A file's track is handed over only up to ``AUDIO_LOOKAHEAD`` seconds past the frame being segmented, so the
-    segmenter's ring always holds the audio of the frames to come.
-    """
-
-    def __init__(self, source, segmenter, writer, say: Callable[[str], None]):
-        self.source, self.segmenter, self.writer, self.say = source, segmenter, writer, say
-        self._held: collections.deque = collections.deque()
-        self.until = -math.inf
-        self._overflows = 0
-
-    def pump(self, until: float = math.inf) -> None:
-        """Hand over what has arrived, up to clock time ``until``."""
-        if self.source is None:
-            return
-        self._held.extend(self.source.read())
-        while self._held and self._held[0].timestamp < until:
-            chunk = self._held.popleft()
-            end = chunk.timestamp + chunk.duration
-            if end > until and math.isfinite(until):
-                keep = max(1, int(round((until - chunk.timestamp) * chunk.sample_rate)))
-                rest = type(chunk)(chunk.samples[keep:], chunk.sample_rate, chunk.timestamp + keep / chunk.sample_rate)
-                chunk = type(chunk)(chunk.samples[:keep], chunk.sample_rate, chunk.timestamp)
-                if rest.samples.shape[0]:
-                    self._held.appendleft(rest)
-                end = until
-            self.segmenter.push_audio(chunk.samples, chunk.sample_rate, chunk.timestamp)
-            if self.writer is not None:
-                self.writer.add_audio(chunk.samples, chunk.sample_rate, chunk.timestamp)
-            self.until = max(self.until, end)
-        overflows = getattr(self.source, "overflows", 0)
-        if overflows > self._overflows:
-            self._overflows = overflows
-            self.say(f"audio: input overflow ({overflows} so far): samples were lost and replaced by silence; "
-                     "continuing")
-
-    def pump_file_until(self, timestamp: float, timeout: float = 10.0) -> None:
-        """File track: decode until the audio reaches ``timestamp`` (or the track ends), then hand it over."""
-        deadline = time.monotonic() + timeout
-        while (self.source is not None and self.source.available_until < timestamp + AUDIO_LOOKAHEAD
-               and not self.source.finished and time.monotonic() < deadline):
-            self.source.wait(0.05)
-        self.pump(timestamp + AUDIO_LOOKAHEAD)
-
-    def wait_live(self, timestamp: float, timeout: float) -> None:
-        """Live source: pump until the audio reaches ``timestamp`` or ``timeout`` seconds pass."""
-        deadline = time.monotonic() + timeout
-        self.pump()
-        while self.source is not None and self.until < timestamp and time.monotonic() < deadline:
-            time.sleep(0.005)
-            self.pump()
-
-    @property
-    def overflows(self) -> int:
-        return self._overflows
-
-
-class _Display:
-    """An OpenCV window, or nothing when headless or when OpenCV has no GUI / there is no display."""
-
-    def __init__(self, headless: bool, say: Callable[[str], None]):
-        import cv2
-
-        self._cv2 = cv2
-        self.enabled = not headless
-        if self.enabled and sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
-                                                                      or os.environ.get("WAYLAND_DISPLAY")):
-            # NOTE: OpenCV's Qt backend aborts the process when it cannot reach a display, so do not try.
-            self.enabled = False
-            say("display: no $DISPLAY or $WAYLAND_DISPLAY; running headless")
-        if self.enabled:
-            try:
-                cv2.namedWindow(WINDOW_NAME, cv2.WINDOW_NORMAL)
-            except cv2.error:
-                self.enabled = False
-                say("display: not available (OpenCV without GUI support); running headless")
-
-    def show(self, image: np.ndarray) -> bool:
-        """Show ``image``; False when the user pressed q or ESC."""
-        if not self.enabled:
-            return True
-        self._cv2.imshow(WINDOW_NAME, image)
-        key = self._cv2.waitKey(1) & 0xFF
-        return key not in (ord("q"), 27)
-
-    def close(self) -> None:
-        if self.enabled:
-            self._cv2.destroyAllWindows()
-
-
 def _check_args(args: argparse.Namespace) -> None:
+    """Every flag, and every output path, checked before anything is loaded (raises :class:`UserError`)."""
+    from runtime.outputs import OutputPathError, check_output_path
+
     chosen = [flag for flag, value in (("--camera", args.camera), ("--source", args.source), ("--demo", args.demo))
               if value]
     if len(chosen) != 1:
         raise UserError(ExitCode.USAGE, "choose one input: --camera INDEX|PATH, --source FILE|URL or --demo"
                         + (f" (got {' and '.join(chosen)})" if chosen else " (try: avs-stream --demo)"))
+    if not args.demo and args.model_dir is None:
+        raise UserError(ExitCode.USAGE, f"--model-dir DIR is required with {chosen[0]}: an artifact directory from "
+                                        f"python -m export.build_engine --model {DEMO_MODEL} --out DIR "
+                                        "(or try avs-stream --demo)")
     if not 0.0 <= args.alpha <= 1.0:
         raise UserError(ExitCode.USAGE, f"--alpha must be in [0, 1]; got {args.alpha}")
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
@@ -261,6 +146,59 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(ExitCode.USAGE, f"--retries must be >= 0; got {args.retries}")
     if args.duration is not None and not args.duration > 0:
         raise UserError(ExitCode.USAGE, f"--duration must be positive; got {args.duration}")
+    if args.demo and args.output is None:
+        args.output = DEMO_OUTPUT
+    outputs = [(flag, path) for flag, path in (("--output", args.output), ("--jsonl", args.jsonl),
+                                               ("--save-masks", args.save_masks)) if path is not None]
+    for flag, path in outputs:
+        try:
+            check_output_path(path, directory=flag == "--save-masks")
+        except OutputPathError as exc:
+            raise UserError(ExitCode.USAGE, f"{flag} {exc.path}: {exc.reason}") from None
+    taken: dict[Path, str] = {}
+    if args.source and Path(args.source).is_file():
+        taken[Path(args.source).resolve()] = "--source"
+    for flag, path in outputs:
+        key = Path(path).resolve()
+        if key in taken:
+            raise UserError(ExitCode.USAGE, f"{flag} {path} is also {taken[key]}; give each output its own path "
+                                            "(the input is never overwritten)")
+        taken[key] = flag
+
+
+class _Interrupts:
+    """SIGINT/SIGTERM: the first stops the loop (KeyboardInterrupt); later ones while the outputs are finalised are
+    reported and ignored, except that a third signal in all quits at once (exit ``FORCE_QUIT``)."""
+
+    def __init__(self, say: Callable[[str], None], video: Optional[Path]):
+        self.say, self.video = say, video
+        self.count = 0
+        self.stopping = False
+        self._previous: dict = {}
+
+    def __enter__(self) -> "_Interrupts":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def finalising(self) -> None:
+        """From now on signals do not interrupt (the outputs are being finished)."""
+        self.stopping = True
+
+    def _handle(self, signum, frame) -> None:
+        self.count += 1
+        if not self.stopping:
+            self.stopping = True
+            raise KeyboardInterrupt
+        if self.count >= 3:
+            kept = f"; {self.video} plays up to its last complete second" if self.video else ""
+            self.say(f"quitting without finishing the outputs{kept}")
+            os._exit(FORCE_QUIT)
+        self.say("finishing the outputs; interrupt again to quit at once")
 
 
 def _open_video(args, say):
@@ -280,7 +218,7 @@ def _open_video(args, say):
 
 def _open_audio(args, video, say):
     """The audio source, or None for silence (said on screen)."""
-    from runtime.microphone import Microphone, MicrophoneError, TrackAudio
+    from runtime.microphone import Microphone, MicrophoneError, NoAudioTrack, TrackAudio
 
     mic = args.mic if args.mic is not None else ("default" if video.uri.kind == "camera" else None)
     if mic is not None and mic.strip().lower() == "none":
@@ -292,22 +230,36 @@ def _open_audio(args, video, say):
             resampled = "" if source.sample_rate == 16000 else ", resampled to 16 kHz"
             say(f"audio: microphone {source.name!r} at {source.sample_rate} Hz, {source.channels} ch{resampled}")
             return source
-        source = TrackAudio(str(video.uri.target), live=video.uri.live).start()
+        try:
+            source = TrackAudio(str(video.uri.target), live=video.uri.live).start()
+        except NoAudioTrack:
+            say(f"audio: {video.uri} has no audio track: video-only, the model hears silence")
+            return None
         say(f"audio: the source's own track ({source.sample_rate} Hz, {source.channels} ch)")
         return source
     except MicrophoneError as exc:
-        if mic is None and "has no audio track" in str(exc):
-            say(f"audio: {video.uri} has no audio track: video-only, the model hears silence")
-            return None
         raise UserError(ExitCode.AUDIO_SOURCE, str(exc)) from None
 
 
-def _jsonl_line(frame, result, segmenter, live: bool, frame_ms: float) -> str:
-    """One frame's record: model latency (backend only), pipeline (segment call) and frame (read to written) times."""
+def _open_segmenter(args, model_dir: Path, audio: bool, say):
+    from runtime.backends import BackendError
+    from runtime.manifest import ManifestError
+    from runtime.segmenter import Segmenter
+
+    try:
+        return Segmenter(model_dir, args.backend, threshold=args.threshold, audio=audio, say=say)
+    except ManifestError as exc:
+        raise UserError(ExitCode.ARTIFACTS, str(exc)) from None
+    except BackendError as exc:
+        raise UserError(ExitCode.BACKEND, str(exc)) from None
+
+
+def _record(frame, result, segmenter, live: bool, read_at: float) -> dict:
+    """One frame's JSONL record: model latency (backend only), pipeline (segment call) and frame (read to written)."""
     record = {"frame": frame.index, "index": result.index, "timestamp": round(result.timestamp, 6),
               "mask_area": round(result.area, 6), "mask_pixels": int(np.count_nonzero(result.mask)),
               "latency_ms": round(result.model_latency * 1000, 3), "pipeline_ms": round(result.latency * 1000, 3),
-              "frame_ms": round(frame_ms, 3),
+              "frame_ms": round((time.perf_counter() - read_at) * 1000, 3),
               "audio_window": [round(t, 6) for t in result.audio_window],
               "audio_missing_s": round(result.audio_missing, 6), "window": len(result.window)}
     if live:
@@ -316,7 +268,7 @@ def _jsonl_line(frame, result, segmenter, live: bool, frame_ms: float) -> str:
         names = segmenter.manifest.output.class_names
         labels, counts = np.unique(result.mask, return_counts=True)
         record["classes"] = {names[int(k)]: round(int(c) / result.mask.size, 6) for k, c in zip(labels, counts) if k}
-    return json.dumps(record)
+    return record
 
 
 def run(args: argparse.Namespace, say: Callable[[str], None] = print, stats: Optional[dict] = None) -> int:
@@ -336,152 +288,105 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print, stats: Opt
         from runtime.demo_clip import make_clip
 
         cache = demo_cache_dir()
-        model_dir = ensure_artifacts(args.model_dir or cache / DEMO_MODEL, DEMO_MODEL, say)
+        try:
+            model_dir = ensure_artifacts(args.model_dir or cache / DEMO_MODEL, DEMO_MODEL, say)
+        except ArtifactError as exc:
+            raise UserError(ExitCode.ARTIFACTS, str(exc)) from None
         clip = cache / DEMO_CLIP
         if not clip.is_file():
             make_clip(clip)
         say(f"demo: generated clip {clip} (a moving, beeping ball; no device, no download)")
-        args.source, args.output = str(clip), args.output or DEMO_OUTPUT
+        args.source = str(clip)
     else:
-        model_dir = args.model_dir or DEFAULT_MODEL_DIR
+        model_dir = args.model_dir
         try:
             load_manifest(model_dir)
         except ManifestError as exc:
             raise UserError(ExitCode.ARTIFACTS, str(exc)) from None
 
     video = _open_video(args, say)
-    closers: list[Callable[[], None]] = [video.close]
     try:
         audio_source = _open_audio(args, video, say)
-        if audio_source is not None:
-            closers.append(audio_source.close)
-        return _stream(args, model_dir, video, audio_source, closers, say, stats if stats is not None else {})
+        try:
+            return _stream(args, model_dir, video, audio_source, say, stats if stats is not None else {})
+        finally:
+            if audio_source is not None:
+                audio_source.close()
     finally:
-        for close in reversed(closers):
-            close()
+        video.close()
 
 
-def _open_segmenter(args, model_dir: Path, audio: bool, say):
-    from runtime.backends import BackendError
-    from runtime.manifest import ManifestError
-    from runtime.segmenter import Segmenter
-
-    try:
-        return Segmenter(model_dir, args.backend, threshold=args.threshold, audio=audio, say=say)
-    except ManifestError as exc:
-        raise UserError(ExitCode.ARTIFACTS, str(exc)) from None
-    except BackendError as exc:
-        raise UserError(ExitCode.BACKEND, str(exc)) from None
-
-
-class _Outputs:
-    """Overlay, HUD, mp4, mask PNGs and JSONL for each segmented frame, in order, in their own thread.
-
-    The main loop hands over (frame, result) and goes on to the next frame, so drawing and encoding overlap with
-    inference. Audio for the mp4 goes through the same queue to keep the writer single-threaded. ``close()``
-    drains the queue and re-raises a failure of the thread.
-    """
-
-    def __init__(self, args, segmenter, writer, jsonl, live: bool, stats: dict):
-        from runtime.render import draw_hud, overlay, write_mask_png
-
-        self._draw, self._overlay, self._save_mask = draw_hud, overlay, write_mask_png
-        self.args, self.segmenter, self.writer, self.jsonl, self.live, self.stats = (
-            args, segmenter, writer, jsonl, live, stats)
-        self.shown: Optional[np.ndarray] = None
-        self._queue: queue.Queue = queue.Queue(maxsize=8)
-        self._error: Optional[BaseException] = None
-        self._wall0 = self._cpu0 = None
-        stats.update(frames=0, wall=0.0, cpu=0.0, frame_ms=[], model_ms=[])
-        self._thread = threading.Thread(target=self._run, name="outputs", daemon=True)
-        self._thread.start()
-
-    def frame(self, frame, result, read_at: float, hud: list[str]) -> None:
-        self._check()
-        if self._wall0 is None:
-            self._wall0, self._cpu0 = read_at, time.process_time()
-        self._queue.put(("frame", frame, result, read_at, hud))
-
-    def add_audio(self, samples, sample_rate, timestamp) -> None:
-        self._check()
-        self._queue.put(("audio", samples, sample_rate, timestamp))
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        self._check()
-
-    def _check(self) -> None:
-        if self._error is not None:
-            raise RuntimeError(f"writing the outputs failed: {self._error}") from self._error
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if self._error is not None:
-                continue
-            try:
-                if item[0] == "audio":
-                    self.writer.add_audio(*item[1:])
-                else:
-                    self._write(*item[1:])
-            except BaseException as exc:  # noqa: BLE001  (re-raised in the main thread by _check)
-                self._error = exc
-
-    def _write(self, frame, result, read_at: float, hud: list[str]) -> None:
-        seg, args = self.segmenter, self.args
-        annotated = self._draw(self._overlay(frame.image, result.mask, seg.manifest.output.palette, seg.binary,
-                                             args.alpha), hud)
-        if self.writer is not None:
-            self.writer.add_frame(annotated, frame.timestamp)
-        if args.save_masks:
-            self._save_mask(args.save_masks, frame.index, result.mask * 255 if seg.binary else result.mask)
-        frame_ms = (time.perf_counter() - read_at) * 1000
-        if self.jsonl is not None:
-            self.jsonl.write(_jsonl_line(frame, result, seg, self.live, frame_ms) + "\n")
-            self.jsonl.flush()
-        self.shown = annotated
-        self.stats["frames"] += 1
-        self.stats.update(wall=time.perf_counter() - self._wall0, cpu=time.process_time() - self._cpu0)
-        self.stats["frame_ms"].append(frame_ms)
-        self.stats["model_ms"].append(result.model_latency * 1000)
-
-
-def _stream(args, model_dir: Path, video, audio_source, closers: list, say, stats: dict) -> int:
-    from runtime.render import Mp4Writer, format_hud
+def _stream(args, model_dir: Path, video, audio_source, say, stats: dict) -> int:
+    from runtime.microphone import AudioPump
+    from runtime.outputs import OutputError, OutputPathError, Outputs
 
     segmenter = _open_segmenter(args, model_dir, audio_source is not None, say)
-    closers.append(segmenter.close)
-    say(f"warm-up run: {segmenter.warmup():.2f} s")
-    manifest = segmenter.manifest
-    writer = None
-    if args.output:
+    try:
+        say(f"warm-up run: {segmenter.warmup():.2f} s")
         rate, channels = (audio_source.sample_rate, audio_source.channels) if audio_source else (None, 1)
-        writer = Mp4Writer(args.output, audio_rate=rate, audio_channels=channels, fps=video.fps or 30.0)
-        closers.append(writer.close)
-    if args.save_masks:
-        args.save_masks.mkdir(parents=True, exist_ok=True)
-    jsonl: Optional[TextIO] = None
-    if args.jsonl:
-        args.jsonl.parent.mkdir(parents=True, exist_ok=True)
-        jsonl = open(args.jsonl, "w", encoding="utf-8")
-        closers.append(jsonl.close)
-    display = _Display(args.headless, say)
-    closers.append(display.close)
-    live = video.uri.live
-    outputs = _Outputs(args, segmenter, writer, jsonl, live, stats)
-    pump = AudioPump(audio_source, segmenter, outputs if writer is not None else None, say)
+        try:
+            outputs = Outputs(args.output, args.save_masks, args.jsonl, window=not args.headless,
+                              fps=video.fps or 30.0, audio_rate=rate, audio_channels=channels, say=say)
+        except (OutputPathError, OSError) as exc:  # the path changed since it was checked
+            raise UserError(ExitCode.USAGE, f"cannot open the outputs: {exc}") from None
+        sinks = [segmenter.push_audio] + ([outputs.add_audio] if outputs.wants_audio else [])
+        pump = AudioPump(audio_source, sinks, say)
+        with _Interrupts(say, args.output) as interrupts:
+            try:
+                count, interrupted, error = _loop(args, video, segmenter, pump, outputs, say, stats)
+            finally:
+                interrupts.finalising()
+                close_error = None
+                try:
+                    report = outputs.close()
+                except OutputError as exc:
+                    close_error, report = exc, outputs.report
+    finally:
+        segmenter.close()
+    error = error or close_error
+    parts = [("interrupted; " if interrupted else "") + f"segmented {count} frames"]
+    if stats.get("model_ms"):
+        parts.append(f"model {np.mean(stats['model_ms'][-30:]):.1f} ms/frame")
+    if video.dropped:
+        parts.append(f"{video.dropped} stale frames skipped")
+    if pump.overflows:
+        parts.append(f"{pump.overflows} audio input overflows")
+    if report:
+        parts.append("wrote " + ", ".join(report))
+    say("; ".join(parts))
+    if error is not None:
+        raise UserError(ExitCode.OUTPUT, f"{error}; the other outputs are finalised")
+    if video.lost:
+        raise UserError(ExitCode.SOURCE_LOST, f"{video.error}; outputs up to that point are finalised")
+    if video.incomplete and count:
+        raise UserError(ExitCode.SOURCE_INCOMPLETE, f"{video.error}; the outputs hold its {count} readable frames")
+    if count == 0 and not interrupted:
+        raise UserError(ExitCode.VIDEO_SOURCE, f"{video.uri} delivered no frame")
+    return ExitCode.OK
+
+
+def _loop(args, video, segmenter, pump, outputs, say, stats: dict) -> tuple[int, bool, Optional[Exception]]:
+    """Read, pair, segment, render until the stream ends; returns (frames, interrupted, output error)."""
+    from runtime.outputs import OutputError
+    from runtime.render import draw_hud, format_hud, overlay
+
+    manifest = segmenter.manifest
     extra = [f"{manifest.model.name} ({segmenter.backend.name})"]
     if manifest.model.random_weights:
         extra.append("RANDOM WEIGHTS: masks are meaningless")
-    count, first, last_ts, fps, prev_done = 0, None, None, None, None
+    live, period = video.uri.live, 1.0 / (video.fps or 30.0)
+    stats.update(frames=0, wall=0.0, cpu=0.0, frame_ms=[], model_ms=[])
+    count, first, last_ts, fps, prev_done, start = 0, None, None, None, None, None
     model_ms: collections.deque = collections.deque(maxlen=30)
-    interrupted = False
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    def written(read_at: float, latency: float) -> None:
+        stats["frames"] += 1
+        stats.update(wall=time.perf_counter() - start[0], cpu=time.process_time() - start[1])
+        stats["frame_ms"].append((time.perf_counter() - read_at) * 1000)
+        stats["model_ms"].append(latency * 1000)
+
     try:
-        while True:
+        while outputs.is_streaming:
             frame = video.read(timeout=0.5)
             if live:
                 pump.pump()
@@ -490,8 +395,8 @@ def _stream(args, model_dir: Path, video, audio_source, closers: list, say, stat
                     break
                 continue
             read_at = time.perf_counter()
-            if first is None:
-                first = frame.timestamp
+            start = start or (read_at, time.process_time())
+            first = frame.timestamp if first is None else first
             if args.duration is not None and frame.timestamp - first >= args.duration:
                 break
             if live:
@@ -507,42 +412,25 @@ def _stream(args, model_dir: Path, video, audio_source, closers: list, say, stat
             model_ms.append(result.model_latency * 1000)
             hud = format_hud(fps, float(np.mean(model_ms)), segmenter.audio_level(),
                              extra + ([f"audio overflows: {pump.overflows}"] if pump.overflows else []))
-            outputs.frame(frame, result, read_at, hud)
+            outputs.render(
+                lambda f=frame, r=result, h=hud: draw_hud(overlay(f.image, r.mask, manifest.output.palette,
+                                                                  segmenter.binary, args.alpha), h),
+                frame.timestamp, index=frame.index,
+                mask=result.mask * 255 if segmenter.binary else result.mask,
+                record=lambda f=frame, r=result, t=read_at: _record(f, r, segmenter, live, t),
+                done=lambda t=read_at, m=result.model_latency: written(t, m))
             count += 1
             last_ts = frame.timestamp
-            if outputs.shown is not None and not display.show(outputs.shown):
-                say("stopped by the user (q/ESC)")
-                break
+        else:
+            say("stopped by the user (q/ESC)")
+        if last_ts is not None and not live:
+            pump.pump_file_until(last_ts + period)
+            pump.pump(last_ts + period)
     except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        try:
-            if writer is not None and last_ts is not None and not live and not interrupted:
-                pump.pump_file_until(last_ts + 1.0 / (video.fps or 30.0))
-                pump.pump(last_ts + 1.0 / (video.fps or 30.0))
-        finally:
-            outputs.close()
-    say(_summary(count, segmenter, video, pump, model_ms, args, interrupted))
-    if video.lost:
-        raise UserError(ExitCode.SOURCE_LOST, f"{video.error}; outputs up to that point are finalised")
-    if count == 0 and not interrupted:
-        raise UserError(ExitCode.VIDEO_SOURCE, f"{video.uri} delivered no frame")
-    return ExitCode.OK
-
-
-def _summary(count, segmenter, video, pump, model_ms, args, interrupted) -> str:
-    parts = [("interrupted; " if interrupted else "") + f"segmented {count} frames"]
-    if model_ms:
-        parts.append(f"model {np.mean(model_ms):.1f} ms/frame (last {len(model_ms)})")
-    if video.dropped:
-        parts.append(f"{video.dropped} stale frames skipped")
-    if pump.overflows:
-        parts.append(f"{pump.overflows} audio input overflows")
-    written = [str(p) for p in (args.output, args.jsonl, args.save_masks) if p]
-    if written:
-        parts.append("wrote " + ", ".join(written))
-    return "; ".join(parts)
+        return count, True, None
+    except OutputError as exc:
+        return count, False, exc
+    return count, False, None
 
 
 def main(argv: Optional[list[str]] = None) -> int:

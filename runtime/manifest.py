@@ -4,6 +4,10 @@
 :func:`load_manifest` and needs nothing else: graph files and their tensors, preprocessing constants, output
 semantics, streaming layout, validation results and engines. The schema is versioned (``schema_version``); a
 manifest of another version, or a missing one, raises :class:`ManifestError` naming the command that rebuilds it.
+
+An artifact is something users copy between machines, so nothing in it is trusted: every path the manifest names
+must be relative and resolve (symlinks included) inside the artifact directory, and every file it names must
+match the sha256 recorded in ``files`` (filled by :func:`write_manifest`) before anything reads it.
 This module must never import torch.
 """
 from __future__ import annotations
@@ -11,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import posixpath
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 GRAPH_ROLES = ("full", "encoder", "temporal", "decoder")
 REBUILD_COMMAND = "python -m export.build_engine --model {model} --out {out}"
@@ -217,6 +222,7 @@ class Manifest:
     fp16: Optional[Fp16Report]
     engine: EngineStatus
     created_utc: str
+    files: dict[str, str] = field(default_factory=dict)
 
     def graph(self, role: str) -> GraphSpec:
         """The graph with ``role`` ('full', 'encoder', 'temporal' or 'decoder')."""
@@ -300,10 +306,80 @@ def _rebuild_hint(model: str, directory: Path) -> str:
     return "rebuild it with: " + REBUILD_COMMAND.format(model=model, out=directory)
 
 
-def load_manifest(directory: Union[str, os.PathLike], allow_unvalidated: bool = False) -> Manifest:
-    """Read ``<directory>/manifest.json`` (or the manifest file itself), checking version and graph files.
+def named_files(manifest: Manifest) -> dict[str, str]:
+    """Every file the manifest names, relative path -> the field naming it (``graphs.decoder.file``, ...)."""
+    named = {}
+    for role, graph in manifest.graphs.items():
+        named[graph.file] = f"graphs.{role}.file"
+        if graph.external_data:
+            named[graph.external_data] = f"graphs.{role}.external_data"
+    engine = manifest.engine
+    for index, record in enumerate(engine.engines):
+        named[record.file] = f"engine.engines[{index}].file"
+    if engine.timing_cache:
+        named[engine.timing_cache] = "engine.timing_cache"
+    if engine.plugin_library:
+        named[engine.plugin_library] = "engine.plugin_library"
+    return named
 
-    An artifact whose export-time validation failed is refused unless ``allow_unvalidated`` (for inspection).
+
+def confined_path(directory: Union[str, os.PathLike], name: str, where: str) -> Path:
+    """``directory / name`` if ``name`` is a plain relative path that resolves inside ``directory``.
+
+    Absolute paths, ``..`` components, backslashes, non-normalised forms and symlinks leading out of the
+    directory are refused with a :class:`ManifestError` naming the manifest field ``where``.
+    """
+    problem = None
+    if not isinstance(name, str) or not name or name in (".", ".."):
+        problem = "is empty"
+    elif "\\" in name or "\x00" in name:
+        problem = "contains a backslash or NUL"
+    elif posixpath.isabs(name) or (len(name) > 1 and name[1] == ":"):
+        problem = "is absolute"
+    elif ".." in name.split("/"):
+        problem = "climbs out with '..'"
+    elif posixpath.normpath(name) != name:
+        problem = "is not in normal form"
+    root = Path(directory).resolve()
+    path = root / name if problem is None else None
+    if path is not None and not path.resolve().is_relative_to(root):
+        problem = "resolves (through a symlink) outside the artifact directory"
+    if problem:
+        raise ManifestError(f"{where}: path {name!r} {problem}; every file of an artifact must lie inside its "
+                            f"directory {root}")
+    return path
+
+
+def _check_paths(manifest: Manifest, path: Path) -> dict[str, str]:
+    """Confine every named path and every ``files`` entry; returns :func:`named_files`."""
+    named = named_files(manifest)
+    for name, where in named.items():
+        confined_path(path, name, where)
+    for name in manifest.files:
+        confined_path(path, name, f"files[{name!r}]")
+    return named
+
+
+def _verify_files(manifest: Manifest, path: Path, named: dict[str, str], hint: str) -> None:
+    """Every named file must be recorded in ``files`` and match its sha256 (cached by size, times and inode)."""
+    from runtime.integrity import digests
+
+    unrecorded = [n for n in named if n not in manifest.files]
+    if unrecorded:
+        raise ManifestError(f"{path / MANIFEST_NAME} records no sha256 for {', '.join(unrecorded)} "
+                            f"({', '.join(named[n] for n in unrecorded)}), so its integrity cannot be checked; {hint}")
+    actual = digests([path / n for n in named])
+    for name, where in named.items():
+        if actual[path / name] != manifest.files[name]:
+            raise ManifestError(f"{path / name} ({where}) does not match the sha256 recorded in {MANIFEST_NAME}: "
+                                f"it was changed or corrupted after export; do not run it. {hint}")
+
+
+def load_manifest(directory: Union[str, os.PathLike], allow_unvalidated: bool = False) -> Manifest:
+    """Read ``<directory>/manifest.json`` (or the manifest file itself), checking version, paths and file digests.
+
+    Every path must stay inside the directory and every named file must match its recorded sha256. An artifact
+    whose export-time validation failed is refused unless ``allow_unvalidated`` (for inspection).
     """
     path = Path(directory)
     if path.name == MANIFEST_NAME and not path.is_dir():
@@ -319,26 +395,41 @@ def load_manifest(directory: Union[str, os.PathLike], allow_unvalidated: bool = 
     model = "selm"
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         model = str(data["model"].get("name", model))
+    hint = _rebuild_hint(model, path)
     try:
         manifest = manifest_from_dict(data)
+        named = _check_paths(manifest, path)
     except ManifestError as exc:
-        raise ManifestError(f"{file}: {exc}; {_rebuild_hint(model, path)}") from None
-    for graph in manifest.graphs.values():
-        for name in filter(None, (graph.file, graph.external_data)):
-            if not (path / name).is_file():
-                raise ManifestError(f"{file} lists {name} ({graph.role} graph) but {path / name} is missing; "
-                                    f"{_rebuild_hint(model, path)}")
+        raise ManifestError(f"{file}: {exc}; {hint}") from None
+    for name, where in named.items():
+        if not (path / name).is_file():
+            role = where.split(".")[1] if where.startswith("graphs.") else None
+            what = f"{role} graph" if role else where
+            raise ManifestError(f"{file} lists {name} ({what}) but {path / name} is missing; {hint}")
     if not (manifest.validated or allow_unvalidated):
         failed = ", ".join(v.graph for v in manifest.validation if not v.passed) or "none recorded"
         raise ManifestError(f"{file}: this export failed validation against PyTorch ({failed}); do not run it. "
                             f"Re-export and read the validation lines: {REBUILD_COMMAND.format(model=model, out=path)}")
+    _verify_files(manifest, path, named, hint)
     return manifest
 
 
 def write_manifest(manifest: Manifest, directory: Union[str, os.PathLike]) -> Path:
-    """Write ``manifest.json`` into ``directory`` (atomically) and return its path."""
+    """Write ``manifest.json`` into ``directory`` (atomically), recording the sha256 of every file it names.
+
+    Returns the path written. A named file that is missing, or a path that leaves the directory, raises.
+    """
+    from runtime.integrity import digests
+
+    directory = Path(directory)
     manifest_from_dict(manifest.to_dict())
-    path = Path(directory) / MANIFEST_NAME
+    named = named_files(manifest)
+    for name, where in named.items():
+        if not confined_path(directory, name, where).is_file():
+            raise ManifestError(f"{where}: {directory / name} does not exist")
+    actual = digests([directory / n for n in named])
+    manifest = dataclasses.replace(manifest, files={n: actual[directory / n] for n in sorted(named)})
+    path = directory / MANIFEST_NAME
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)

@@ -1,9 +1,10 @@
 """Audio inputs: a microphone through sounddevice (PortAudio), or the audio track of a file or URL through PyAV.
 
 Both deliver :class:`AudioChunk` s (samples at the source's own rate and channel count, with the clock time of the
-first sample); ``runtime.sync.AudioTimeline`` mixes them to mono and resamples them to 16 kHz. Device rates the
-model does not use (44.1 kHz, 48 kHz, ...) are therefore fine: a microphone is opened at 16 kHz when it supports
-that, else at its default rate.
+first sample), which :class:`AudioPump` hands to the consumers (segmenter, mp4) in step with the video;
+``runtime.sync.AudioTimeline`` mixes them to mono and resamples them to 16 kHz. Device rates the model does not
+use (44.1 kHz, 48 kHz, ...) are therefore fine: a microphone is opened at 16 kHz when it supports that, else at its
+default rate.
 
 :class:`Microphone` copies each PortAudio block into a ring buffer from the audio callback (no allocation, a short
 lock, never blocking on the reader) and stamps it on ``time.monotonic()`` from the stream's ADC time: the first
@@ -26,17 +27,22 @@ import numpy as np
 
 from runtime.audio import SAMPLE_RATE
 
-__all__ = ["AudioChunk", "MicrophoneError", "InputDevice", "list_input_devices", "resolve_input_device",
-           "choose_stream_settings", "Microphone", "TrackAudio"]
+__all__ = ["AudioChunk", "MicrophoneError", "NoAudioTrack", "InputDevice", "list_input_devices",
+           "resolve_input_device", "choose_stream_settings", "Microphone", "TrackAudio", "AudioPump"]
 
 BLOCK_SECONDS = 0.02
 RING_SECONDS = 10.0
 DEFAULT_RESYNC = 0.1
 TRACK_READ_AHEAD = 30.0  # seconds of a file's audio decoded ahead of the consumer
+AUDIO_LOOKAHEAD = 0.5  # seconds of a file's audio handed to the consumers beyond the current frame
 
 
 class MicrophoneError(RuntimeError):
     """An audio input that cannot be used; the message names the fix (another device, --mic none, a package)."""
+
+
+class NoAudioTrack(MicrophoneError):
+    """The file or stream has no audio track (a caller may go on video-only)."""
 
 
 @dataclass(frozen=True)
@@ -288,7 +294,7 @@ class TrackAudio:
             raise MicrophoneError(f"cannot open {self.uri} for its audio: {exc}") from None
         if not self._container.streams.audio:
             self._container.close()
-            raise MicrophoneError(f"{self.uri} has no audio track; run video-only with --mic none (silence) or "
+            raise NoAudioTrack(f"{self.uri} has no audio track; run video-only with --mic none (silence) or "
                                   "take audio from a microphone with --mic NAME|INDEX|default")
         stream = self._container.streams.audio[0]
         self.sample_rate = int(stream.rate)
@@ -366,3 +372,63 @@ class TrackAudio:
             self.available_until = chunk.timestamp + chunk.duration
             self._queue.put(chunk)
             self._cond.notify_all()
+
+
+AudioSink = Callable[[np.ndarray, int, float], None]
+
+
+class AudioPump:
+    """Moves audio from its source (a :class:`Microphone`, a :class:`TrackAudio` or None for silence) to
+    ``sinks`` (``sink(samples, sample_rate, timestamp)``, e.g. ``Segmenter.push_audio`` and ``Outputs.add_audio``).
+
+    A file's track is handed over only up to ``AUDIO_LOOKAHEAD`` seconds past the frame being segmented, split
+    mid-chunk when needed, so the consumers always hold the audio of the frames to come and no more. A new input
+    overflow count is reported once through ``say``.
+    """
+
+    def __init__(self, source, sinks: list[AudioSink], say: Callable[[str], None] = print):
+        self.source, self.sinks, self.say = source, list(sinks), say
+        self._held: list[AudioChunk] = []
+        self.until = -math.inf
+        self.overflows = 0
+
+    def pump(self, until: float = math.inf) -> None:
+        """Hand over what has arrived, up to clock time ``until``."""
+        if self.source is None:
+            return
+        self._held.extend(self.source.read())
+        while self._held and self._held[0].timestamp < until:
+            chunk = self._held.pop(0)
+            end = chunk.timestamp + chunk.duration
+            if end > until and math.isfinite(until):
+                keep = max(1, int(round((until - chunk.timestamp) * chunk.sample_rate)))
+                if keep < chunk.samples.shape[0]:
+                    self._held.insert(0, AudioChunk(chunk.samples[keep:], chunk.sample_rate,
+                                                    chunk.timestamp + keep / chunk.sample_rate))
+                chunk = AudioChunk(chunk.samples[:keep], chunk.sample_rate, chunk.timestamp)
+                end = chunk.timestamp + chunk.duration
+            for sink in self.sinks:
+                sink(chunk.samples, chunk.sample_rate, chunk.timestamp)
+            self.until = max(self.until, end)
+        overflows = getattr(self.source, "overflows", 0)
+        if overflows > self.overflows:
+            self.overflows = overflows
+            self.say(f"audio: input overflow ({overflows} so far): samples were lost and replaced by silence; "
+                     "continuing")
+
+    def pump_file_until(self, timestamp: float, timeout: float = 10.0) -> None:
+        """File track: decode until the audio reaches ``timestamp`` + the look-ahead (or the track ends), then
+        hand it over."""
+        deadline = time.monotonic() + timeout
+        while (self.source is not None and self.source.available_until < timestamp + AUDIO_LOOKAHEAD
+               and not self.source.finished and time.monotonic() < deadline):
+            self.source.wait(0.05)
+        self.pump(timestamp + AUDIO_LOOKAHEAD)
+
+    def wait_live(self, timestamp: float, timeout: float) -> None:
+        """Live source: pump until the audio reaches ``timestamp`` or ``timeout`` seconds pass."""
+        deadline = time.monotonic() + timeout
+        self.pump()
+        while self.source is not None and self.until < timestamp and time.monotonic() < deadline:
+            time.sleep(0.005)
+            self.pump()

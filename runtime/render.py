@@ -108,20 +108,29 @@ class Mp4Writer:
 
     Frames carry the timestamps they were captured at (seconds on the pipeline clock): the first frame is time 0 of
     the file and the others keep their spacing, so a file source keeps its speed and a live one its real pace.
-    ``fps`` is the nominal rate (the last frame's duration). Audio (``audio_rate``/``audio_channels`` given up
-    front; AAC) is written from the first frame's time on, kept contiguous: a gap becomes silence, an overlap is
-    dropped. ``close()`` flushes both encoders; it is safe to call more than once.
+    ``fps`` is the nominal rate (each frame's duration in the file). Audio (``audio_rate``/``audio_channels`` given
+    up front; AAC) is written from the first frame's time on, kept contiguous: a gap becomes silence, an overlap is
+    dropped, and audio past the end of the newest frame is held back, so the file's audio never outlasts its video
+    (what is still held at ``close()`` is dropped). With ``fragment_seconds`` the mp4 is fragmented (the moov
+    after the first fragment, then self-contained fragments of at most that length), so a process killed
+    mid-write leaves a file that plays up to its last complete fragment. ``close()`` flushes both encoders; it is
+    safe to call more than once.
     """
 
-    def __init__(self, path: Path, audio_rate: Optional[int] = None, audio_channels: int = 1, fps: float = 30.0):
+    def __init__(self, path: Path, audio_rate: Optional[int] = None, audio_channels: int = 1, fps: float = 30.0,
+                 fragment_seconds: Optional[float] = None):
         self.path = Path(path)
         self.fps = fractions.Fraction(fps).limit_denominator(1001)
         self.audio_rate = int(audio_rate) if audio_rate else None
         self.audio_channels = int(audio_channels)
         if self.audio_channels not in (1, 2):
             raise ValueError(f"audio_channels must be 1 or 2; got {audio_channels}")
+        self.fragment_seconds = fragment_seconds
         self.frames = 0
-        self.audio_samples = 0
+        self.audio_samples = 0  # encoded
+        self._audio_end = 0  # accepted: encoded + held back
+        self._held = np.zeros((0, self.audio_channels), np.float32)
+        self._video_end = 0.0  # seconds from the first frame to the end of the newest one
         self._container = None
         self._video = None
         self._audio = None
@@ -146,9 +155,11 @@ class Mp4Writer:
         self._last_pts = pts
         self._mux(self._video.encode(frame))
         self.frames += 1
+        self._video_end = float(pts * VIDEO_TIME_BASE + 1 / self.fps)
         pending, self._pending_audio = self._pending_audio, []
         for samples, rate, ts in pending:
             self.add_audio(samples, rate, ts)
+        self._encode_audio()
 
     def add_audio(self, samples: np.ndarray, sample_rate: int, timestamp: Optional[float] = None) -> None:
         """Queue audio ``(n,)`` or ``(n, channels)`` (int16 or float in [-1, 1]) whose first sample is at
@@ -163,17 +174,30 @@ class Mp4Writer:
         data = _as_float_channels(samples, self.audio_channels)
         rate = self.audio_rate
         if timestamp is not None:
-            offset = int(round((timestamp - self._t0) * rate)) - self.audio_samples
+            offset = int(round((timestamp - self._t0) * rate)) - self._audio_end
             if offset > AUDIO_GAP_TOLERANCE * rate:
                 data = np.concatenate([np.zeros((offset, data.shape[1]), np.float32), data])
             elif offset < -AUDIO_GAP_TOLERANCE * rate:
                 data = data[min(-offset, data.shape[0]):]
         if data.shape[0] == 0:
             return
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data.T), format="fltp",
+        self._held = np.concatenate([self._held, data])
+        self._audio_end += data.shape[0]
+        self._encode_audio()
+
+    def _encode_audio(self) -> None:
+        """Encode the held audio up to the end of the newest frame."""
+        if self._audio is None:
+            return
+        count = min(self._held.shape[0], int(round(self._video_end * self.audio_rate)) - self.audio_samples)
+        if count <= 0:
+            return
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(self._held[:count].T), format="fltp",
                                            layout="mono" if self.audio_channels == 1 else "stereo")
-        frame.sample_rate, frame.pts, frame.time_base = rate, self.audio_samples, fractions.Fraction(1, rate)
-        self.audio_samples += data.shape[0]
+        frame.sample_rate, frame.pts = self.audio_rate, self.audio_samples
+        frame.time_base = fractions.Fraction(1, self.audio_rate)
+        self.audio_samples += count
+        self._held = self._held[count:]
         self._mux(self._audio.encode(frame))
 
     def close(self) -> None:
@@ -184,6 +208,8 @@ class Mp4Writer:
         if self._container is None:
             return
         try:
+            self._encode_audio()
+            self._held = self._held[:0]
             self._mux(self._video.encode(None))
             if self._audio is not None:
                 self._mux(self._audio.encode(None))
@@ -198,10 +224,20 @@ class Mp4Writer:
 
     def _open(self, width: int, height: int, timestamp: float) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._container = av.open(str(self.path), "w", format="mp4")
-        self._video = self._container.add_stream(_pick_video_codec(), rate=self.fps)
+        options = {}
+        if self.fragment_seconds:
+            # NOTE: delay_moov keeps the edit list (audio priming stays in sync); flush_packets puts each fragment
+            # on disk when it is cut, not when the IO buffer fills.
+            options = {"movflags": "delay_moov+default_base_moof", "flush_packets": "1",
+                       "frag_duration": str(int(self.fragment_seconds * 1e6))}
+        self._container = av.open(str(self.path), "w", format="mp4", options=options)
+        codec = _pick_video_codec()
+        self._video = self._container.add_stream(codec, rate=self.fps)
+        if self.fragment_seconds and codec == "libx264":
+            self._video.options = {"tune": "zerolatency"}  # no look-ahead: each frame reaches the file at once
         self._video.width, self._video.height = width + width % 2, height + height % 2
         self._video.pix_fmt = "yuv420p"
+        self._video.codec_context.max_b_frames = 0  # no reordering delay: frames are written as they come
         self._video.time_base = VIDEO_TIME_BASE
         self._video.codec_context.time_base = VIDEO_TIME_BASE
         if self.audio_rate is not None:
@@ -211,6 +247,8 @@ class Mp4Writer:
 
     def _mux(self, packets) -> None:
         for packet in packets:
+            if packet.stream is self._video and not packet.duration:
+                packet.duration = int(round(1 / (self.fps * VIDEO_TIME_BASE)))
             self._container.mux(packet)
 
 

@@ -37,10 +37,14 @@ from runtime.backends import STREAMING_ROLES, Backend, open_backend
 from runtime.manifest import Manifest, ManifestError, VideoSpec, load_manifest
 from runtime.sync import AudioTimeline, FrameHistory, training_timestamps
 
-__all__ = ["SegmentResult", "Segmenter", "preprocess_frame", "check_manifest"]
+__all__ = ["SegmentResult", "Segmenter", "SegmenterClosed", "preprocess_frame", "check_manifest"]
 
 DEFAULT_AUDIO_WAIT = 0.25
 _GUMBEL_INPUT = "gumbel_noise"
+
+
+class SegmenterClosed(RuntimeError):
+    """A method was called on a :class:`Segmenter` after ``close()``."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ class SegmentResult:
         window: timestamps of the frames in the temporal window, oldest first (the last is this frame).
         model_latency: seconds spent in the backend for this frame (encoder + temporal + decoder).
         latency: seconds from the frame's push (or the ``segment`` call) to this result.
-        index: the number of frames segmented before this one.
+        index: the number of frames of this stream segmented before this one (0 again after ``reset()``).
     """
     mask: np.ndarray
     probabilities: np.ndarray
@@ -187,6 +191,7 @@ class Segmenter:
         self._latest: Optional[SegmentResult] = None
         self._error: Optional[BaseException] = None
         self._worker: Optional[threading.Thread] = None
+        self._last_pushed: Optional[float] = None
         self._closed = False
         self.stats = {"pushed": 0, "segmented": 0, "dropped": 0, "audio_late": 0}
 
@@ -197,17 +202,25 @@ class Segmenter:
         if timestamp is not None:
             timestamp = _check_timestamp(timestamp)
         with self._cond:
+            self._check_open("push_audio")
             self._live.timeline.push(samples, sample_rate, timestamp)
             self._cond.notify_all()
 
     def push_frame(self, image_bgr: np.ndarray, timestamp: float) -> None:
-        """Queue a frame (BGR uint8) captured at ``timestamp``; it replaces a queued frame not yet segmented."""
+        """Queue a frame (BGR uint8) captured at ``timestamp``; it replaces a queued frame not yet segmented.
+
+        A bad frame or a timestamp before the previous one raises ``ValueError`` here, in the caller, and the
+        Segmenter stays usable (``reset()`` starts a new stream whose timestamps may begin anywhere).
+        """
         image = _check_image(image_bgr).copy()
         timestamp = _check_timestamp(timestamp)
         with self._cond:
+            self._check_open("push_frame")
             self._raise_worker_error()
-            if self._closed:
-                raise RuntimeError("push_frame() on a closed Segmenter")
+            if self._last_pushed is not None and timestamp < self._last_pushed:
+                raise ValueError(f"frame timestamp {timestamp:.6f} s is before the previous frame's "
+                                 f"({self._last_pushed:.6f} s); call reset() when the source changes")
+            self._last_pushed = timestamp
             if self._pending is not None:
                 self.stats["dropped"] += 1
             self._pending = (image, timestamp, time.perf_counter())
@@ -220,6 +233,7 @@ class Segmenter:
     def latest(self) -> Optional[SegmentResult]:
         """The newest result, or None before the first one."""
         with self._cond:
+            self._check_open("latest")
             self._raise_worker_error()
             return self._latest
 
@@ -227,7 +241,9 @@ class Segmenter:
         """Block until a result with ``index > after`` exists (or ``timeout`` seconds pass); return the newest."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
+            self._check_open("wait")
             while self._latest is None or self._latest.index <= after:
+                self._check_open("wait")
                 self._raise_worker_error()
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -237,6 +253,7 @@ class Segmenter:
 
     def segment(self, image_bgr: np.ndarray, timestamp: float) -> SegmentResult:
         """Segment one frame now, in the calling thread, with the audio pushed so far (the live stream's state)."""
+        self._check_open("segment")
         image = _check_image(image_bgr)
         result = self._process(self._live, image, _check_timestamp(timestamp), time.perf_counter())
         with self._cond:
@@ -247,18 +264,25 @@ class Segmenter:
     def audio_level(self) -> float:
         """RMS level of the last 0.1 s of pushed audio, in dBFS."""
         with self._cond:
+            self._check_open("audio_level")
             return self._live.timeline.level_dbfs()
 
     def audio_until(self) -> Optional[float]:
         """Clock time up to which audio has been pushed (None before any)."""
         with self._cond:
+            self._check_open("audio_until")
             return self._live.timeline.end_time
 
     def reset(self) -> None:
-        """Forget the live stream's audio, frames and pending work (e.g. after the source changed)."""
+        """Forget the live stream's audio, frames, pending work, latest result and any error (e.g. after the source
+        changed); result indices start again at 0."""
         with self._cond:
+            self._check_open("reset")
             self._live = _StreamState(self.window_size, self.rate_hz)
             self._pending = None
+            self._last_pushed = None
+            self._error = None
+            self._latest = None
 
     # -- offline API -------------------------------------------------------------------------------------------
     def segment_clip(self, frames: Sequence[np.ndarray], waveform: np.ndarray, sample_rate: float,
@@ -269,6 +293,7 @@ class Segmenter:
         paired with VGGish example i of the waveform, as in training (``runtime.sync.training_timestamps``). The
         live stream's state is left alone.
         """
+        self._check_open("segment_clip")
         frames = list(frames)
         stamps = training_timestamps(len(frames)) if timestamps is None else np.asarray(timestamps, np.float64)
         if stamps.shape != (len(frames),):
@@ -280,8 +305,23 @@ class Segmenter:
         state.timeline.push(waveform, sample_rate, 0.0)
         return [self._process(state, _check_image(f), float(t), time.perf_counter()) for f, t in zip(frames, stamps)]
 
+    def segment_log_mel(self, frames: Sequence[np.ndarray], log_mel: np.ndarray) -> list[SegmentResult]:
+        """Segment a clip whose audio is given as VGGish log-mel examples ``[T, 1, 96, 64]``, frame i with example
+        i (e.g. AVSBench's precomputed ``audio_log_mel`` pickles); otherwise exactly as ``segment_clip``."""
+        self._check_open("segment_log_mel")
+        frames = list(frames)
+        examples = np.asarray(log_mel, np.float32)
+        shape = (1, vggish_audio.EXAMPLE_FRAMES, vggish_audio.NUM_MEL_BANDS)
+        if examples.ndim != 4 or examples.shape[1:] != shape or len(examples) < len(frames):
+            raise ValueError(f"log_mel must be [T, {', '.join(map(str, shape))}] with T >= {len(frames)} (one "
+                             f"example per frame); got {list(examples.shape)}")
+        state = _StreamState(self.window_size, self.rate_hz)
+        return [self._process(state, _check_image(f), float(t), time.perf_counter(), example=e)
+                for f, t, e in zip(frames, training_timestamps(len(frames)), examples)]
+
     def warmup(self) -> float:
         """Run one blank frame through every graph (first runs allocate and tune); returns the seconds it took."""
+        self._check_open("warmup")
         start = time.perf_counter()
         size = self.manifest.video.resolution
         self.segment_clip([np.zeros((size, size, 3), np.uint8)], np.zeros(vggish_audio.SAMPLE_RATE, np.float32),
@@ -290,8 +330,10 @@ class Segmenter:
 
     # -- lifetime ----------------------------------------------------------------------------------------------
     def close(self) -> None:
-        """Stop the worker and release the backend."""
+        """Stop the worker and release the backend; afterwards every method raises :class:`SegmenterClosed`."""
         with self._cond:
+            if self._closed:
+                return
             self._closed = True
             self._cond.notify_all()
         if self._worker is not None and self._worker is not threading.current_thread():
@@ -306,35 +348,44 @@ class Segmenter:
         self.close()
 
     # -- internals ---------------------------------------------------------------------------------------------
+    def _check_open(self, method: str) -> None:
+        if self._closed:
+            raise SegmenterClosed(f"{method}() on a closed Segmenter ({self.directory}); create a new one")
+
     def _raise_worker_error(self) -> None:
         if self._error is not None:
-            raise RuntimeError(f"the segmenter's worker failed: {self._error}") from self._error
+            raise RuntimeError(f"segmenting a pushed frame failed: {self._error}; call reset() to go on") \
+                from self._error
 
     def _work(self) -> None:
-        try:
-            while True:
-                with self._cond:
-                    while True:
-                        while self._pending is None and not self._closed:
-                            self._cond.wait()
-                        if self._closed:
-                            return
-                        image, timestamp, pushed = self._pending
-                        remaining = pushed + self.audio_wait - time.perf_counter()
-                        if not self.audio or self._live.timeline.covers(timestamp) or remaining <= 0:
-                            break
-                        self._cond.wait(remaining)  # for its audio, or a newer frame
-                    self._pending = None
-                    if self.audio and not self._live.timeline.covers(timestamp):
-                        self.stats["audio_late"] += 1
-                    state = self._live
-                result = self._process(state, image, timestamp, pushed)
-                with self._cond:
-                    self._latest = result
-                    self._cond.notify_all()
-        except BaseException as exc:  # noqa: BLE001  (surfaced to the caller by latest()/wait()/push_frame())
+        """The worker: segment the newest pending frame. A failure is kept for the caller (latest(), wait(),
+        push_frame() raise it until reset()) and the worker goes on with the next frame."""
+        while True:
             with self._cond:
-                self._error = exc
+                while True:
+                    while self._pending is None and not self._closed:
+                        self._cond.wait()
+                    if self._closed:
+                        return
+                    image, timestamp, pushed = self._pending
+                    remaining = pushed + self.audio_wait - time.perf_counter()
+                    if not self.audio or self._live.timeline.covers(timestamp) or remaining <= 0:
+                        break
+                    self._cond.wait(remaining)  # for its audio, or a newer frame
+                self._pending = None
+                if self.audio and not self._live.timeline.covers(timestamp):
+                    self.stats["audio_late"] += 1
+                state = self._live
+            try:
+                result = self._process(state, image, timestamp, pushed)
+            except Exception as exc:  # noqa: BLE001  (surfaced to the caller, see the docstring)
+                with self._cond:
+                    self._error = exc
+                    self._cond.notify_all()
+                continue
+            with self._cond:
+                if state is self._live:             # not a frame of a stream that reset() has dropped
+                    self._latest = result
                 self._cond.notify_all()
 
     def _audio_example(self, state: _StreamState, timestamp: float):
@@ -350,8 +401,13 @@ class Segmenter:
         rng = np.random.default_rng([self.seed, *(int(w) for w in words)])
         return rng.uniform(1e-6, 1 - 1e-6, size=tuple(shape)).astype(np.float32)
 
-    def _process(self, state: _StreamState, image: np.ndarray, timestamp: float, started: float) -> SegmentResult:
-        example, audio_span, missing = self._audio_example(state, timestamp)
+    def _process(self, state: _StreamState, image: np.ndarray, timestamp: float, started: float,
+                 example: Optional[np.ndarray] = None) -> SegmentResult:
+        if example is None:
+            example, audio_span, missing = self._audio_example(state, timestamp)
+        else:  # a precomputed log-mel example (segment_log_mel)
+            audio_span, missing = (timestamp - vggish_audio.EXAMPLE_SPAN_SAMPLES / vggish_audio.SAMPLE_RATE,
+                                   timestamp), 0.0
         frame = preprocess_frame(image, self.manifest.video)
         with self._infer_lock:
             encoded = self._encoder.infer({"frame": frame, "log_mel": example[None].astype(np.float32)})

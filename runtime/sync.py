@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import Generic, Optional, TypeVar
 
 import numpy as np
-import soxr
 
-from runtime.audio import (EXAMPLE_FRAMES, EXAMPLE_SPAN_SAMPLES, HOP_SAMPLES, RESAMPLER_QUALITY, SAMPLE_RATE,
+from runtime.audio import (EXAMPLE_FRAMES, EXAMPLE_SPAN_SAMPLES, HOP_SAMPLES, SAMPLE_RATE,
                            WINDOW_SAMPLES, log_mel_frames, to_mono)
+from runtime.resample import StreamResampler
 
 __all__ = ["AudioTimeline", "AudioWindow", "FrameHistory", "example_end_sample", "training_timestamps"]
 
@@ -69,12 +69,13 @@ class AudioWindow:
 class AudioTimeline:
     """16 kHz mono audio on the common clock: push chunks as they come, read the example ending at any time.
 
-    ``push(samples, sample_rate, timestamp)`` takes ``(samples,)`` or ``(samples, channels)`` audio at any rate
-    (integer PCM or float in [-1, 1], as ``runtime.audio.to_mono``), with the clock time of its first sample
-    (``None``: right after the previous chunk). The first chunk fixes the origin of the 10 ms grid. A chunk that
-    starts later than expected leaves a gap filled with silence (lost samples, e.g. an input overflow); one that
-    starts earlier has its overlap dropped. Resampling is streaming soxr, equal to resampling the whole signal at
-    once, so a clip pushed in any chunking gives the same examples as pushed in one piece.
+    ``push(samples, sample_rate, timestamp)`` takes ``(samples,)`` or ``(samples, channels)`` audio at any
+    whole-number rate (integer PCM or float in [-1, 1], as ``runtime.audio.to_mono``), with the clock time of its
+    first sample (``None``: right after the previous chunk). The first chunk fixes the origin of the 10 ms grid. A
+    chunk that starts later than expected leaves a gap filled with silence (lost samples, e.g. an input overflow);
+    one that starts earlier has its overlap dropped. Resampling is ``runtime.resample.StreamResampler`` (resampy's
+    ``kaiser_best``, as the official front-end), equal to resampling the whole signal at once, so a clip pushed in
+    any chunking gives the same examples as pushed in one piece.
     """
 
     def __init__(self, capacity_seconds: float = DEFAULT_CAPACITY_SECONDS,
@@ -152,7 +153,7 @@ class AudioTimeline:
         self._in_count = 0
         self._resampler = None
         if rate != SAMPLE_RATE:
-            self._resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float64", quality=RESAMPLER_QUALITY)
+            self._resampler = StreamResampler(rate, SAMPLE_RATE)
 
     def _align(self, mono: np.ndarray, timestamp: float, rate: float) -> np.ndarray:
         expected = self._in_start + self._in_count / rate
@@ -172,11 +173,11 @@ class AudioTimeline:
     def _resample(self, mono: np.ndarray) -> np.ndarray:
         if self._resampler is None:
             return mono
-        return self._resampler.resample_chunk(mono)
+        return self._resampler.push(mono)
 
     def _drain(self) -> None:
         if self._resampler is not None:
-            self._append(self._resampler.resample_chunk(np.zeros(0, dtype=np.float64), last=True))
+            self._append(self._resampler.flush())
 
     def _append(self, samples16k: np.ndarray) -> None:
         if samples16k.size > self.capacity:

@@ -39,3 +39,22 @@ def artifact(request) -> Path:
         if stale != directory:
             shutil.rmtree(stale, ignore_errors=True)
     return ensure_artifacts(directory, ARTIFACT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(request) -> Path:
+    """``selm-test`` (the tiny registered test variant, random weights) exported once per change of the export code:
+    a real artifact in seconds, for tests of the runtime's behaviour rather than of SelM's numerics."""
+    from export.build_engine import build_artifact
+
+    key = hashlib.sha256()
+    for path in sorted((REPO / "export").rglob("*.py")) + sorted((REPO / "runtime").glob("*.py")):
+        key.update(path.read_bytes())
+    root = Path(request.config.cache.mkdir("avs-artifacts"))
+    directory = root / f"selm-test-{key.hexdigest()[:12]}"
+    for stale in root.glob("selm-test-*"):
+        if stale != directory:
+            shutil.rmtree(stale, ignore_errors=True)
+    if not (directory / "manifest.json").is_file():
+        build_artifact("selm-test", directory, say=lambda line: None)
+    return directory

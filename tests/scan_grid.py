@@ -1,7 +1,21 @@
-"""An fp64 loop of the selective-scan contract, and random inputs for it: what every scan backend is tested against."""
+"""An fp64 loop of the selective-scan contract, random inputs for it, and the case grid every scan backend runs."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
+
+LENGTHS = (1, 2, 5, 63, 2048, 2049, 15680)
+#: (L, N, G) cases; G = 0 is the ungrouped (batch, N, L) form of B and C.
+GRID = list(itertools.product(LENGTHS, (1, 16), (0, 4)))
+GRID_IDS = [f"L{length}-N{n}-G{g}" for length, n, g in GRID]
+
+
+def grid_flags(index: int, length: int) -> dict:
+    """Optional inputs, softplus and fp16 for grid case ``index``, spread so that every combination appears."""
+    bits = [((index * 7 + length) >> k) & 1 for k in range(5)]
+    return dict(with_z=bool(bits[0]), with_d=bool(bits[1]), with_bias=bool(bits[2]), softplus=bool(bits[3]),
+                dtype=np.float16 if bits[4] else np.float32)
 
 
 def scan_fp64(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False) -> np.ndarray:

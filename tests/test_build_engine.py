@@ -18,8 +18,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.build_engine import build_parser, engine_environment, engine_step, load_models, main
-from export.engine import graph_sha256
+from export.build_engine import (UserError, build_artifact, build_parser, engine_environment, engine_step,
+                                 load_models, main)
+from plugins import scan_contract
+from runtime.engine_cache import graph_sha256
 from runtime.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +70,7 @@ def test_random_weights_are_announced():
     lines = []
     load_models(MODEL, None, None, "none", lines.append)
     text = "\n".join(lines)
-    assert "RANDOM weights" in text and "VGGish has random weights" in text
+    assert "RANDOM weights" in text and "no --vggish: vggish has random weights" in text
 
 
 @pytest.mark.parametrize("flags", [["--no-engine"], []])
@@ -186,7 +188,7 @@ def test_missing_or_unreadable_checkpoint(capsys, tmp_path):
     broken.write_bytes(broken.read_bytes()[:300])                       # a truncated download
     code, _, err = _cli(capsys, "--model", "selm", "--checkpoint", str(broken), "--out", str(tmp_path / "o"))
     assert code == 1 and err.startswith("error: --checkpoint: ") and str(broken) in err
-    assert not (tmp_path / "o" / "model.onnx").exists()
+    assert "weights_only" not in err and not (tmp_path / "o").exists()     # the --out it created is gone
 
 
 def test_checkpoint_of_another_variant_names_it(capsys, tmp_path):
@@ -248,16 +250,77 @@ def test_demanded_engine_fails_fast_with_the_reason(capsys, tmp_path):
     assert not list(tmp_path.glob("*.onnx"))                            # nothing exported before failing
 
 
+def test_every_file_of_the_artifact_is_named_in_the_manifest(artifact):
+    on_disk = {p.name for p in artifact.iterdir() if p.is_file()} - {"manifest.json"}
+    assert on_disk == set(load_manifest(artifact).files)
+
+
+def test_bad_flag_values_exit_1_as_documented(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--model", "selm", "--precision", "int4"])
+    assert info.value.code == 1 and "invalid choice: 'int4'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exit status: 0 done; 1 bad input (flags, model name, files, numbers) or export/validation failed; " \
+           "2 --engine demanded but no engine could be built" in text
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch, existing):
+    import export.onnx_export as onnx_export
+
+    out = tmp_path / "mine" if existing else tmp_path / "new" / "artifact"
+    if existing:
+        out.mkdir()
+        (out / "notes.txt").write_text("the user's file")
+
+    def crash(*_args, **_kwargs):
+        (out / "model.onnx").write_bytes(b"half-written")
+        raise RuntimeError("export crashed")
+
+    monkeypatch.setattr(onnx_export, "sample_inputs", crash)
+    with pytest.raises(RuntimeError, match="export crashed"):
+        build_artifact("selm-test", out, engine=False, say=lambda _: None)
+    if existing:
+        assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text()
+    else:
+        assert not (tmp_path / "new").exists()
+
+
+def test_build_artifact_refuses_unknown_or_bad_options(tmp_path):
+    with pytest.raises(TypeError, match=r"build_artifact: unknown option\(s\) precison; known: atol, "):
+        build_artifact("selm-test", tmp_path / "o", precison="fp16")
+    with pytest.raises(UserError, match="--precision must be one of fp32, fp16, got 'int4'") as err:
+        build_artifact("selm-test", tmp_path / "o", precision="int4")
+    assert err.value.exit_status == 1 and not (tmp_path / "o").exists()
+    with pytest.raises(UserError, match="vggish-test is an audio encoder"):
+        build_artifact("vggish-test", tmp_path / "o")
+
+
 def test_list_models_and_help(capsys):
     code, out, _ = _cli(capsys, "--list-models")
     assert code == 0 and "selm-s4-r50   (default for --model selm)" in out and "selm-avss-pvt" in out
-    assert "vggish" not in out
+    assert "selm-test   (tiny test variant" in out and "vggish" not in out
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     assert info.value.code == 0 and "examples:" in capsys.readouterr().out
 
 
 # -- other variants and modes (slow) ------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_tiny_variant_artifact_follows_its_config(tmp_path):
+    from export.models import pretrained_cfg
+
+    out = build_artifact("selm-test", tmp_path / "tiny", engine=False, say=lambda _: None)
+    m, cfg = load_manifest(out), pretrained_cfg("selm-test")
+    assert (m.model.name, m.model.family, m.model.backbone) == ("selm-test", "selm", "pvt-test") and m.validated
+    assert (m.video.resolution, m.video.frames_per_clip, m.output.size) == (64, 5, [64, 64])
+    assert m.audio == cfg.audio and m.output.class_names == list(cfg.class_names)
+    assert m.graph("full").input("frames").shape == [5, 3, 64, 64]
+    assert {p.name for p in out.iterdir()} - {"manifest.json"} == set(m.files)
+
 
 @pytest.mark.slow
 def test_gumbel_noise_input_export(tmp_path_factory):
@@ -278,7 +341,8 @@ def test_plugin_scan_export(tmp_path_factory):
     m = load_manifest(result.out)
     assert m.scan == "plugin" and m.validated
     temporal = onnx.load(str(result.out / "temporal.onnx"), load_external_data=False)
-    assert sum(n.op_type == "SelectiveScan" and n.domain == "avs" for n in temporal.graph.node) == 24
+    scan_op = (scan_contract.DOMAIN, scan_contract.OP_TYPE)
+    assert sum((n.domain, n.op_type) == scan_op for n in temporal.graph.node) == 24
 
 
 @pytest.mark.slow

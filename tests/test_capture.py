@@ -125,3 +125,35 @@ def test_network_camera_that_goes_away_is_lost():
     assert got, "no frame arrived before the server went away"
     assert source.lost and "was lost" in source.error
     assert all(abs(f.timestamp - time.monotonic()) < 30 for f in got)  # stamped on the monotonic clock
+
+
+def _faststart_clip(path, frames: int = 48) -> None:
+    """An mp4 with its index first (as streamed downloads are), so a cut copy still opens."""
+    import av
+
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        rng = np.random.default_rng(0)
+        for _ in range(frames):
+            image = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
+        container.mux(stream.encode())
+
+
+def test_truncated_file_ends_incomplete_and_says_so(tmp_path):
+    whole, cut = tmp_path / "whole.mp4", tmp_path / "cut.mp4"
+    _faststart_clip(whole)
+    data = whole.read_bytes()
+    cut.write_bytes(data[:int(len(data) * 0.45)])
+    events = []
+    with VideoSource(whole) as source:
+        while source.is_streaming():
+            source.read(timeout=2.0)
+    assert source.frames_read == 48 and not source.incomplete and source.error is None
+    with VideoSource(cut, on_event=events.append) as source:
+        while source.is_streaming():
+            source.read(timeout=2.0)
+    assert 0 < source.frames_read < 48 and source.incomplete
+    assert f"after {source.frames_read} frames of the 48 its header declares" in source.error
+    assert events == [source.error]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import random
 import re
 
 import pytest
@@ -104,23 +105,29 @@ def test_another_variants_checkpoint_is_named(given, expected):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*nope.pth"):
+    with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*nope.pth .*pretrained_cfg\(name\)"):
         create_model(NAME, tmp_path / "nope.pth")
+
+
+NOT_A_CHECKPOINT = "is not a PyTorch checkpoint, or it is corrupt or truncated"
 
 
 def test_truncated_file(official_file, tmp_path):
     cut = tmp_path / "cut.pth"
     with open(official_file, "rb") as f:
         cut.write_bytes(f.read(1 << 20))
-    with pytest.raises(ValueError, match="truncated or not a PyTorch checkpoint"):
+    with pytest.raises(ValueError, match=NOT_A_CHECKPOINT):
         read_checkpoint(cut)
 
 
-def test_not_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("content", [b"hello", b"", bytes(range(256)) * 16, random.Random(0).randbytes(4096)])
+def test_not_a_checkpoint_never_suggests_unsafe_loading(tmp_path, content):
     junk = tmp_path / "junk.pth"
-    junk.write_text("hello")
-    with pytest.raises(ValueError, match="truncated or not a PyTorch checkpoint"):
+    junk.write_bytes(content)
+    with pytest.raises(ValueError, match=NOT_A_CHECKPOINT) as err:
         read_checkpoint(junk)
+    assert str(junk) in str(err.value)
+    assert "weights_only" not in str(err.value) and "False" not in str(err.value)
 
 
 def test_non_dict_content(tmp_path):
@@ -140,8 +147,10 @@ def test_non_tensor_values(tmp_path):
 def test_pickled_objects_are_refused(tmp_path):
     path = tmp_path / "obj.pth"
     torch.save({"args": argparse.Namespace(lr=1.0)}, path)
-    with pytest.raises(ValueError, match="weights_only loading refuses"):
+    with pytest.raises(ValueError, match=r"holds a pickled argparse.Namespace object besides tensors, which safe "
+                                         r"\(weights_only\) loading refuses") as err:
         read_checkpoint(path)
+    assert "False" not in str(err.value) and "add_safe_globals" not in str(err.value)
 
 
 def test_directory_is_not_a_checkpoint(tmp_path):

@@ -1,4 +1,5 @@
-"""export.engine host logic: cache keys, reuse and rebuild of engines, build progress, TensorRT/GPU discovery.
+"""Engine host logic: cache keys, reuse and rebuild of engines (runtime.engine_cache), TensorRT/GPU discovery
+(runtime.engine_cache, runtime.gpu), build progress and layer mapping (export.engine).
 
 The cache stores whatever plan bytes the builder returns; the last tests build real plans with TensorRT-RTX
 (which builds without a GPU) when it is installed.
@@ -14,9 +15,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.engine import (BuildOptions, BuildProgress, EngineBuildError, EngineCache, EngineKey,
-                           build_serialized_engine, graph_sha256, import_tensorrt, onnx_nodes_of_layer, probe_gpu,
-                           tensorrt_version)
+from export.engine import BuildOptions, BuildProgress, EngineBuildError, build_serialized_engine, onnx_nodes_of_layer
+from runtime.engine_cache import EngineCache, EngineKey, graph_sha256, import_tensorrt, tensorrt_version
+from runtime.gpu import probe_gpu
 
 KEY = EngineKey(graph_sha256="a" * 64, tensorrt_version="tensorrt 10.3.0", gpu_name="Orin",
                 compute_capability="8.7", precision="fp16", plugin_sha256="none")

@@ -1,10 +1,14 @@
-"""runtime.manifest: the schema round-trips, and every broken artifact directory gets an error naming the fix."""
+"""runtime.manifest: the schema round-trips, every broken artifact directory gets an error naming the fix, and
+nothing outside the directory or changed since export is ever used."""
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import pytest
+
+from runtime import integrity
 
 from runtime.manifest import (SCHEMA_VERSION, AudioSpec, EngineStatus, GraphSpec, Manifest, ManifestError, ModelInfo,
                               OutputSpec, StreamingSpec, TensorSpec, ValidationRecord, VideoSpec, load_manifest,
@@ -44,13 +48,20 @@ def sample_manifest(directory, passed: bool = True) -> Manifest:
         fp16=None, engine=EngineStatus(built=False, reason="no GPU"), created_utc="2025-01-01T00:00:00+00:00")
 
 
+@pytest.fixture(autouse=True)
+def _private_digest_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("AVS_EDGE_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 def test_round_trip(tmp_path):
     manifest = sample_manifest(tmp_path)
     path = write_manifest(manifest, tmp_path)
     assert path == tmp_path / "manifest.json"
     loaded = load_manifest(tmp_path)
-    assert loaded == manifest
-    assert load_manifest(path) == manifest                        # the file itself is accepted too
+    assert loaded.files == {name: integrity.file_sha256(tmp_path / name)
+                            for file in FILES.values() for name in (file, f"{file}.data")}
+    assert loaded == dataclasses.replace(manifest, files=loaded.files)
+    assert load_manifest(path) == loaded                          # the file itself is accepted too
     assert loaded.graph("decoder").input("frames").shape == [5, 3, 224, 224]
     assert loaded.graph("full").output("logits").shape == [5, 1, "T"]   # named dims survive
     assert loaded.validated
@@ -133,3 +144,82 @@ def test_write_refuses_an_invalid_manifest(tmp_path):
 def test_from_dict_requires_a_mapping():
     with pytest.raises(ManifestError, match="schema_version is None"):
         manifest_from_dict([])
+
+
+@pytest.mark.parametrize("name", ["decoder.onnx", "temporal.onnx.data"])
+def test_a_tampered_file_of_the_same_size_is_refused(tmp_path, name):
+    write_manifest(sample_manifest(tmp_path), tmp_path)
+    load_manifest(tmp_path)                                       # verified once: its digest is cached
+    target = tmp_path / name
+    stat = target.stat()
+    target.write_bytes(os.urandom(stat.st_size))
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))    # same size and mtime: the ctime still differs
+    with pytest.raises(ManifestError, match=rf"{name} \(graphs\.\w+\.\w+\) does not match the sha256"):
+        load_manifest(tmp_path)
+
+
+def test_unchanged_files_are_hashed_once(tmp_path, monkeypatch):
+    write_manifest(sample_manifest(tmp_path), tmp_path)
+    calls = []
+    real = integrity.file_sha256
+    monkeypatch.setattr(integrity, "file_sha256", lambda path: calls.append(path) or real(path))
+    load_manifest(tmp_path)
+    assert calls == []                                            # write_manifest cached every digest
+    (tmp_path / "decoder.onnx").write_bytes(b"ONNX")
+    with pytest.raises(ManifestError, match="does not match"):
+        load_manifest(tmp_path)
+    assert [os.path.basename(p) for p in calls] == ["decoder.onnx"]
+
+
+def test_a_file_without_a_recorded_digest_is_refused(tmp_path):
+    write_manifest(sample_manifest(tmp_path), tmp_path)
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    del data["files"]["encoder.onnx.data"]
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match=r"records no sha256 for encoder.onnx.data \(graphs.encoder.external_data\)"):
+        load_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("path, problem", [
+    ("../../outside/decoder.onnx", "climbs out"),
+    ("/etc/passwd", "is absolute"),
+    ("sub\\..\\..\\x.onnx", "backslash"),
+    ("./decoder.onnx", "normal form"),
+    ("", "is empty"),
+])
+def test_paths_must_stay_inside_the_artifact(tmp_path, path, problem):
+    write_manifest(sample_manifest(tmp_path), tmp_path)
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    data["graphs"]["decoder"]["file"] = path
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match=rf"graphs.decoder.file: path .* {problem}"):
+        load_manifest(tmp_path)
+
+
+def test_a_symlink_out_of_the_artifact_is_refused(tmp_path):
+    artifact, outside = tmp_path / "artifact", tmp_path / "outside"
+    artifact.mkdir()
+    outside.mkdir()
+    write_manifest(sample_manifest(artifact), artifact)
+    (outside / "decoder.onnx").write_bytes(b"onnx")
+    (artifact / "decoder.onnx").unlink()
+    (artifact / "decoder.onnx").symlink_to(outside / "decoder.onnx")   # same bytes, same digest: still refused
+    with pytest.raises(ManifestError, match="graphs.decoder.file: .* outside the artifact directory"):
+        load_manifest(artifact)
+
+
+def test_files_entries_are_confined_too(tmp_path):
+    write_manifest(sample_manifest(tmp_path), tmp_path)
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    data["files"]["../secret"] = "0" * 64
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match=r"files\['../secret'\]: path .* climbs out"):
+        load_manifest(tmp_path)
+
+
+def test_write_refuses_paths_outside_the_directory(tmp_path):
+    manifest = sample_manifest(tmp_path)
+    graphs = dict(manifest.graphs, decoder=dataclasses.replace(manifest.graphs["decoder"], file="/etc/passwd"))
+    with pytest.raises(ManifestError, match="is absolute"):
+        write_manifest(dataclasses.replace(manifest, graphs=graphs), tmp_path)
+    assert not (tmp_path / "manifest.json").exists()

@@ -19,8 +19,8 @@ import pytest
 
 from runtime.audio import waveform_to_examples
 from runtime.demo_clip import make_clip, synth_audio
-from runtime.microphone import (AudioChunk, InputDevice, Microphone, MicrophoneError, TrackAudio,
-                                choose_stream_settings)
+from runtime.microphone import (AudioChunk, AudioPump, InputDevice, Microphone, MicrophoneError, NoAudioTrack,
+                                TrackAudio, choose_stream_settings)
 from runtime.sync import AudioTimeline, training_timestamps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,9 +213,29 @@ def test_file_without_audio_is_named(tmp_path):
     with Mp4Writer(path) as writer:
         for i in range(3):
             writer.add_frame(np.zeros((32, 32, 3), np.uint8), i / 10)
-    with pytest.raises(MicrophoneError, match="has no audio track; run video-only with --mic none"):
+    with pytest.raises(NoAudioTrack, match="run video-only with --mic none"):
         TrackAudio(path).start()
 
 
 def test_audio_chunk_duration():
     assert AudioChunk(np.zeros((4800, 2), np.float32), 48000, 1.0).duration == pytest.approx(0.1)
+
+
+def test_audio_pump_reports_overflows_and_holds_back_future_audio():
+    """Overflows are reported once per new count without stopping; a file's audio is handed over only up to
+    the frame being segmented (plus a look-ahead), split mid-chunk when needed, to every sink alike."""
+    source = SimpleNamespace(overflows=0, chunks=[AudioChunk(np.zeros(1600, np.int16), 16000, 0.0),
+                                                  AudioChunk(np.zeros(1600, np.int16), 16000, 0.1)])
+    source.read = lambda: [source.chunks.pop(0)] if source.chunks else []
+    lines, first, second = [], [], []
+    pump = AudioPump(source, [lambda s, r, t: first.append((s.shape[0], r, t)),
+                              lambda s, r, t: second.append((s.shape[0], r, t))], lines.append)
+    pump.pump(until=0.05)
+    assert first == [(800, 16000, 0.0)] and pump.until == pytest.approx(0.05)
+    source.overflows = 2
+    pump.pump()
+    assert [p[0] for p in first] == [800, 800, 1600] and second == first
+    assert pump.until == pytest.approx(0.2)
+    assert lines == ["audio: input overflow (2 so far): samples were lost and replaced by silence; continuing"]
+    pump.pump()
+    assert len(lines) == 1

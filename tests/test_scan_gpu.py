@@ -7,7 +7,6 @@ comes from torch when it has CUDA, else from cuda-python (``pip install cuda-pyt
 from __future__ import annotations
 
 import ctypes
-import itertools
 
 import numpy as np
 import pytest
@@ -15,12 +14,12 @@ import torch
 
 import plugins
 from export.ops.selective_scan import scan_reference
-from export.ops.selective_scan_onnx import DOMAIN, OP_TYPE, PLUGIN_VERSION
-from tests.scan_grid import make_inputs
+from plugins.scan_contract import DOMAIN, OP_TYPE, OPSET_VERSION, PLUGIN_VERSION, node_attributes
+from plugins.scan_contract import INPUT_NAMES as NAMES
+from tests.scan_grid import GRID, GRID_IDS, grid_flags, make_inputs
 
 pytestmark = pytest.mark.gpu
 
-NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 TOLERANCE = {np.float32: (1e-4, 1e-4), np.float16: (2e-3, 2e-3)}     # (rtol, atol): the README's "Tolerances"
 
 
@@ -176,21 +175,10 @@ def _run_launcher(launcher, device, data: dict, softplus: bool) -> np.ndarray:
     return device.download(y)
 
 
-LENGTHS = (1, 5, 63, 2048, 2049, 15680)
-GRID = list(itertools.product(LENGTHS, (1, 16), (0, 4)))      # (L, N, G); G = 0 is the ungrouped (batch, N, L) form
-
-
-def _flags(index: int) -> dict:
-    """Spread z, D, delta_bias, softplus and fp16 over the grid so every combination of each pair appears."""
-    bits = [(index >> k) & 1 for k in range(5)]
-    return dict(with_z=bool(bits[0]), with_d=bool(bits[1]), with_bias=bool(bits[2]), softplus=bool(bits[3]),
-                dtype=np.float16 if bits[4] else np.float32)
-
-
-@pytest.mark.parametrize("index,case", list(enumerate(GRID)), ids=[f"L{l}-N{n}-G{g}" for l, n, g in GRID])
+@pytest.mark.parametrize("index,case", list(enumerate(GRID)), ids=GRID_IDS)
 def test_cuda_kernel_matches_reference(launcher, device, index, case):
     length, dstate, groups = case
-    flags = _flags(index * 7 + length)
+    flags = grid_flags(index, length)
     data = make_inputs(np.random.default_rng(index), batch=2 if length < 100 else 1, dim=8, length=length,
                        dstate=dstate, groups=groups, with_d=flags["with_d"], with_z=flags["with_z"],
                        with_bias=flags["with_bias"], softplus=flags["softplus"], dtype=flags["dtype"])
@@ -229,11 +217,11 @@ def _scan_model(data: dict, softplus: bool, node_inputs: list[str]) -> bytes:
     graph_inputs = [helper.make_tensor_value_info(n, onnx_type[data[n].dtype], data[n].shape)
                     for n in present if n in ("u", "delta", "B", "C", "z")]
     initializers = [numpy_helper.from_array(data[n], n) for n in present if n in ("A", "D", "delta_bias")]
-    node = helper.make_node(OP_TYPE, node_inputs, ["y"], domain=DOMAIN, delta_softplus=int(softplus),
-                            plugin_version=PLUGIN_VERSION, plugin_namespace=DOMAIN)
+    node = helper.make_node(OP_TYPE, node_inputs, ["y"], domain=DOMAIN, **node_attributes(softplus))
     output = helper.make_tensor_value_info("y", onnx_type[data["u"].dtype], data["u"].shape)
     graph = helper.make_graph([node], "scan", graph_inputs, [output], initializer=initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid(DOMAIN, OPSET_VERSION)])
     return model.SerializeToString()
 
 
@@ -267,13 +255,13 @@ def _run_engine(trt, engine, device, data: dict) -> np.ndarray:
     return device.download(y)
 
 
-# (node inputs, B/C groups, L, N, dtype, softplus); present optional inputs listed without gaps, which is what the
-# plugin reads (TensorRT's parser hands an empty input name to the plugin layer as a null tensor).
+# (node inputs, B/C groups, L, N, dtype, softplus); inputs are read by position and the optional ones present form a
+# prefix, as the exporter writes them (TensorRT's parser hands an empty input name to the plugin as a null tensor).
 PLUGIN_CASES = {
     "all-inputs-fp32": (list(NAMES), 4, 63, 16, np.float32, True),
     "required-only-fp16": (list(NAMES[:5]), 0, 2049, 16, np.float16, False),
-    "D-and-bias-no-z": (list(NAMES[:6]) + ["delta_bias"], 0, 5, 16, np.float32, True),
-    "z-only-fp16": (list(NAMES[:5]) + ["z"], 2, 300, 1, np.float16, True),
+    "D-only": (list(NAMES[:6]), 0, 5, 16, np.float32, True),
+    "D-and-z-fp16": (list(NAMES[:7]), 2, 300, 1, np.float16, True),
 }
 
 
@@ -289,6 +277,13 @@ def test_trt_plugin_matches_reference(trt, device, case):
     y = _run_engine(trt, engine, device, data)
     assert y.dtype == data["u"].dtype and y.shape == data["u"].shape
     _compare(y, _reference(data, softplus), dtype, case)
+
+
+def test_trt_dropped_empty_name_is_refused(trt):
+    """[u, delta, A, B, C, D, delta_bias] puts delta_bias in z's slot (inputs are positional): no engine, no misread."""
+    data = make_inputs(np.random.default_rng(13), batch=1, dim=8, length=5, dstate=16, with_z=False, softplus=True)
+    engine, error = _build_engine(trt, _scan_model(data, True, list(NAMES[:6]) + ["delta_bias"]))
+    assert engine is None and error
 
 
 @pytest.mark.parametrize("node_inputs", [list(NAMES[:6]) + ["", "delta_bias"], list(NAMES[:6]) + ["", ""]],

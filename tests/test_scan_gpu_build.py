@@ -2,12 +2,12 @@
 
 The CUDA kernel compiles for every target architecture, and the TensorRT plugin's host logic (compiled into
 ``libavs_scan_plugin_logic.so``, no TensorRT needed) decides formats, shapes, input roles and attributes as the
-contract in ``plugins/selective_scan/README.md`` says. Running the kernel and the plugin is ``tests/test_scan_gpu.py``.
+contract in ``plugins/selective_scan/README.md`` says. Running the kernel and the plugin is ``tests/test_scan_gpu.py``;
+the contract's own rules (identity, positional roles) are ``tests/test_scan_contract.py``.
 """
 from __future__ import annotations
 
 import ctypes
-import itertools
 import re
 import shutil
 import subprocess
@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 import plugins
-from export.ops.selective_scan_onnx import DOMAIN, INPUT_NAMES, OP_TYPE, PLUGIN_VERSION
-from plugins.selftest import cuda_device_problem
+from runtime.gpu import probe_gpu
 from tests.test_scan_gpu import ScanParams
 
 SCAN_DIR = Path(__file__).resolve().parents[1] / "plugins" / "selective_scan"
@@ -27,7 +26,6 @@ MAX_RANK = 8
 FLOAT, HALF, INT8, INT32 = 0, 1, 2, 3          # TensorRT DataType numbers
 LINEAR, CHW2 = 0, 1                            # TensorRT TensorFormat numbers
 FIELD_INT32, FIELD_INT64 = 5, 10               # TensorRT PluginFieldType numbers
-SLOT = {name: i for i, name in enumerate(INPUT_NAMES)}
 
 
 def _nvcc() -> str | None:
@@ -86,8 +84,8 @@ def test_cuda_launcher_validates_before_touching_the_device():
 
 @pytest.mark.parametrize("flags,code", [([], 0), (["--require-gpu"], 1)])
 def test_selftest_without_a_gpu_says_skipped(flags, code):
-    problem = cuda_device_problem()
-    if problem is None:
+    gpu, problem = probe_gpu()
+    if gpu is not None:
         pytest.skip("this machine has a CUDA device: run `python -m plugins.selftest` for the real self-test")
     done = subprocess.run([sys.executable, "-m", "plugins.selftest", *flags], capture_output=True, text=True,
                           cwd=SCAN_DIR.parents[1], timeout=120)
@@ -101,8 +99,7 @@ class Logic:
     def __init__(self, path: str):
         self.lib = ctypes.CDLL(path)
         i32p, i64p, cp = ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int64), ctypes.c_char_p
-        self.lib.avsScanLogicSupportsFormat.argtypes = [ctypes.c_int32] * 3 + [i32p] * 3
-        self.lib.avsScanLogicResolveRoles.argtypes = [ctypes.c_int32, i32p, i32p, cp, ctypes.c_int32]
+        self.lib.avsScanLogicSupportsFormat.argtypes = [ctypes.c_int32] * 3 + [i32p] * 2
         self.lib.avsScanLogicOutputDims.argtypes = [ctypes.c_int32, i32p, i64p, i32p, i64p, cp, ctypes.c_int32]
         self.lib.avsScanLogicLaunchParams.argtypes = [ctypes.c_int32, i32p, i64p, ctypes.c_int32, ctypes.c_int32,
                                                       i32p, cp, ctypes.c_int32]
@@ -121,22 +118,10 @@ class Logic:
             flat[i * MAX_RANK:i * MAX_RANK + len(shape)] = shape
         return (ctypes.c_int64 * len(flat))(*flat)
 
-    def identity(self) -> tuple[str, ...]:
-        out = [ctypes.c_char_p() for _ in range(4)]
-        self.lib.avsScanLogicIdentity(*[ctypes.byref(o) for o in out])
-        return tuple(o.value.decode() for o in out)
-
-    def roles(self, ranks) -> dict[str, int] | str:
-        """Slot name -> input index of the present inputs, or the error message."""
-        slots, message = self._i32([-9] * 8), ctypes.create_string_buffer(512)
-        if self.lib.avsScanLogicResolveRoles(len(ranks), self._i32(ranks), slots, message, 512):
-            return message.value.decode()
-        return {INPUT_NAMES[s]: slots[s] for s in range(8) if slots[s] >= 0}
-
-    def supports(self, pos, ranks, types, formats=None, nb_outputs=1) -> bool:
+    def supports(self, pos, nb_inputs, types, formats=None, nb_outputs=1) -> bool:
         formats = formats or [LINEAR] * len(types)
-        return bool(self.lib.avsScanLogicSupportsFormat(pos, len(ranks), nb_outputs, self._i32(ranks),
-                                                        self._i32(types), self._i32(formats)))
+        return bool(self.lib.avsScanLogicSupportsFormat(pos, nb_inputs, nb_outputs, self._i32(types),
+                                                        self._i32(formats)))
 
     def output_dims(self, shapes) -> tuple | str:
         rank, dims, message = ctypes.c_int32(), (ctypes.c_int64 * MAX_RANK)(), ctypes.create_string_buffer(512)
@@ -185,52 +170,17 @@ def _shapes(batch=2, dim=8, length=5, dstate=16, groups=0, extras=("D", "z", "de
     return [shape[name] for name in ("u", "delta", "A", "B", "C", *extras)]
 
 
-def test_identity_matches_the_exporter(logic):
-    assert logic.identity() == (OP_TYPE, PLUGIN_VERSION, DOMAIN, "delta_softplus")
-
-
-@pytest.mark.parametrize("present", [p for n in range(4) for p in itertools.combinations(("D", "z", "delta_bias"), n)],
-                         ids=lambda p: "+".join(p) or "none")
-def test_roles_of_present_optional_inputs(logic, present):
-    """Dropping the absent optional inputs keeps every role readable from the ranks, but for a lone delta_bias."""
-    ranks = [len(s) for s in _shapes(extras=present)]
-    expected = {name: i for i, name in enumerate(("u", "delta", "A", "B", "C", *present))}
-    if present == ("delta_bias",):
-        expected = {**expected, "D": 5}
-        del expected["delta_bias"]
-    assert logic.roles(ranks) == expected
-
-
-def test_roles_read_a_full_node_positionally(logic):
-    assert logic.roles([3, 3, 2, 4, 4, 1, 3, 1]) == {name: i for i, name in enumerate(INPUT_NAMES)}
-
-
-@pytest.mark.parametrize("ranks,message", [
-    ([3, 3, 2, 3], "expected 5 to 8 inputs"),
-    ([3, 3, 2, 3, 3, 1, 3, 1, 1], "expected 5 to 8 inputs"),
-    ([3, 3, 2, 3, 3, 3, 3], "input 6 has rank 3"),           # two z
-    ([3, 3, 2, 3, 3, 1, 1, 1], "input 7 has rank 1"),        # three rank-1 inputs
-    ([3, 3, 2, 3, 3, 3, 1, 1], "input 7 has rank 1"),        # z, then two rank-1 inputs
-    ([3, 3, 2, 3, 3, 2], "input 5 has rank 2"),
-    ([3, 3, 2, 3, 3, 0], "input 5 has rank 0"),              # what an unset (null) input would look like
-])
-def test_roles_reject_what_fits_no_slot(logic, ranks, message):
-    result = logic.roles(ranks)
-    assert isinstance(result, str) and message in result, result
-
-
 def _types(layout: str, data: int) -> list[int]:
     """Per position: 'd' = data type, 'f' = fp32."""
     return [data if c == "d" else FLOAT for c in layout]
 
 
-# (optional inputs present, per-position kind for u, delta, A, B, C, extras..., y)
+# (optional inputs present, per-position kind for u, delta, A, B, C, extras..., y); positions are slots
 FORMAT_LAYOUTS = [
     ((), "ddfddd"),
+    (("D",), "ddfddfd"),
+    (("D", "z"), "ddfddfdd"),
     (("D", "z", "delta_bias"), "ddfddfdfd"),
-    (("D", "delta_bias"), "ddfddffd"),
-    (("z", "delta_bias"), "ddfdddfd"),
-    (("z",), "ddfdddd"),
 ]
 
 
@@ -238,39 +188,39 @@ FORMAT_LAYOUTS = [
                          ids=lambda v: ("+".join(v) or "none") if isinstance(v, tuple) else v)
 @pytest.mark.parametrize("data", [FLOAT, HALF], ids=["fp32", "fp16"])
 def test_format_combinations(logic, present, layout, data):
-    ranks = [len(s) for s in _shapes(groups=4, extras=present)] + [3]
+    nb_inputs = 5 + len(present)
     good = _types(layout, data)
     for pos in range(len(good)):
-        assert logic.supports(pos, ranks[:-1], good), f"position {pos} rejected {good}"
+        assert logic.supports(pos, nb_inputs, good), f"position {pos} rejected {good}"
         allowed = {FLOAT, HALF} if pos == 0 else {good[pos]}          # u decides the data type of the rest
         for other in (FLOAT, HALF, INT8, INT32):
             if other not in allowed:
                 bad = good[:pos] + [other] + good[pos + 1:]
-                assert not logic.supports(pos, ranks[:-1], bad), f"position {pos} accepted type {other}"
+                assert not logic.supports(pos, nb_inputs, bad), f"position {pos} accepted type {other}"
         formats = [LINEAR] * len(good)
         formats[pos] = CHW2
-        assert not logic.supports(pos, ranks[:-1], good, formats), f"position {pos} accepted a non-linear format"
+        assert not logic.supports(pos, nb_inputs, good, formats), f"position {pos} accepted a non-linear format"
 
 
 def test_format_decision_reads_no_later_position(logic):
     """TensorRT fills positions after `pos` with garbage: the answer for pos must not depend on them."""
-    ranks, types = [3, 3, 2, 3, 3, 1, 3, 1], [HALF, HALF, FLOAT, HALF, HALF, FLOAT, HALF, FLOAT, HALF]
+    types = [HALF, HALF, FLOAT, HALF, HALF, FLOAT, HALF, FLOAT, HALF]
     for pos in range(len(types)):
-        garbage_ranks = ranks[:pos + 1] + [7] * (len(ranks) - pos - 1)
         garbage_types = types[:pos + 1] + [INT8] * (len(types) - pos - 1)
-        assert logic.supports(pos, garbage_ranks if pos < len(ranks) else ranks, garbage_types)
+        assert logic.supports(pos, 8, garbage_types)
 
 
 def test_format_rejects_bad_counts_and_positions(logic):
-    ranks, types = [3, 3, 2, 3, 3], [FLOAT] * 6
-    assert logic.supports(5, ranks, types)
-    assert not logic.supports(6, ranks, types + [FLOAT])           # past the output
-    assert not logic.supports(0, ranks, types + [FLOAT], nb_outputs=2)
-    assert not logic.supports(0, ranks[:4], types[:5])             # 4 inputs
+    types = [FLOAT] * 6
+    assert logic.supports(5, 5, types)
+    assert not logic.supports(6, 5, types + [FLOAT])               # past the output
+    assert not logic.supports(0, 5, types + [FLOAT], nb_outputs=2)
+    assert not logic.supports(0, 4, types[:5])                     # 4 inputs
+    assert not logic.supports(0, 9, types * 2)                     # 9 inputs
 
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(groups=4), dict(length=1, extras=()), dict(batch=1, length=15680),
-                                    dict(extras=("z",)), dict(dstate=256, extras=("D", "delta_bias"))])
+                                    dict(extras=("D", "z")), dict(dstate=256, extras=("D",))])
 def test_output_dims_are_those_of_u(logic, kwargs):
     shapes = _shapes(**kwargs)
     assert logic.output_dims(shapes) == shapes[0]
@@ -284,14 +234,15 @@ def test_output_dims_accept_unknown_extents(logic):
 
 
 @pytest.mark.parametrize("change,message", [
-    (dict(index=0, shape=(2, 8)), "u must be (batch, D, L)"),
-    (dict(index=1, shape=(2, 8, 6)), "delta must be (batch, D, L) = (2, 8, 5) like u, got (2, 8, 6)"),
-    (dict(index=2, shape=(7, 16)), "A must be (D, N) with D = 8, got (7, 16)"),
-    (dict(index=3, shape=(2, 16, 4)), "B must be (batch, N, L) = (2, 16, 5)"),
-    (dict(index=4, shape=(2, 16, 5, 1)), "C must be"),
-    (dict(index=5, shape=(9,)), "D must be (D,) = (8,), got (9,)"),
-    (dict(index=6, shape=(2, 8, 4)), "z must be (batch, D, L)"),
-    (dict(index=7, shape=(8, 1)), "input 7 has rank 2"),
+    (dict(index=0, shape=(2, 8)), "input 'u' must be (batch, D, L), got (2, 8)"),
+    (dict(index=1, shape=(2, 8, 6)), "input 'delta' must be (batch, D, L) = (2, 8, 5) like u, got (2, 8, 6)"),
+    (dict(index=2, shape=(7, 16)), "input 'A' must be (D, N) with D = 8, got (7, 16)"),
+    (dict(index=3, shape=(2, 16, 4)), "input 'B' must be (batch, N, L) = (2, 16, 5)"),
+    (dict(index=4, shape=(2, 16, 5, 1)), "input 'C' must be"),
+    (dict(index=5, shape=(9,)), "input 'D' must be (D,) = (8,), got (9,)"),
+    (dict(index=6, shape=(2, 8, 4)), "input 'z' must be (batch, D, L)"),
+    (dict(index=7, shape=(8, 1)), "input 'delta_bias' must be (D,) = (8,), got (8, 1)"),
+    (dict(index=6, shape=(8,)), "got (8,); inputs are read by position"),       # a dropped empty z name
 ])
 def test_bad_shapes_name_the_input(logic, change, message):
     shapes = _shapes()
@@ -301,7 +252,7 @@ def test_bad_shapes_name_the_input(logic, change, message):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(length=0), "L = 0 (empty sequence)"),
+    (dict(length=0), "L = 0 (empty sequence, u is (2, 8, 0))"),
     (dict(dstate=257), "N = 257 exceeds the CUDA kernel's limit of 256"),
     (dict(groups=3), "G = 3 groups, which does not divide D = 8"),
     (dict(batch=0), "batch and D must be positive"),

@@ -22,12 +22,10 @@ import pytest
 from onnx import helper
 
 import plugins
-from tests.scan_grid import make_inputs, scan_fp64
+from plugins.scan_contract import DOMAIN, INPUT_NAMES, OP_TYPE, OPSET_VERSION, OUTPUT_NAMES, node_attributes
+from tests.scan_grid import GRID, GRID_IDS, grid_flags, make_inputs, scan_fp64
 
 REPO = Path(__file__).resolve().parents[1]
-INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-LENGTHS = (1, 2, 5, 63, 2048, 2049, 15680)
-GRID = list(itertools.product(LENGTHS, (1, 16), (0, 4)))  # (L, N, G); G = 0 is the 3-D (batch, N, L) form of B, C
 TOLERANCE = {np.float32: (1e-4, 1e-4), np.float16: (2e-3, 2e-3)}  # (atol, rtol) against the fp64 loop
 
 
@@ -48,19 +46,25 @@ def library() -> str:
         return plugins.ort_library_path()
 
 
-def scan_model(inputs: dict, *, softplus: int = 0, attributes: dict | None = None) -> onnx.ModelProto:
-    """A model of one SelectiveScan node; inputs that are None become empty names (trailing ones are dropped)."""
-    names = [name if inputs.get(name) is not None else "" for name in INPUT_NAMES]
-    while names[-1] == "":
-        names.pop()
+def scan_model(inputs: dict, *, softplus: int = 0, attributes: dict | None = None,
+               names: list[str] | None = None) -> onnx.ModelProto:
+    """A model of one SelectiveScan node; inputs that are None become empty names (trailing ones are dropped).
+
+    ``names`` overrides the node's input list (a hand-written node).
+    """
+    if names is None:
+        names = [name if inputs.get(name) is not None else "" for name in INPUT_NAMES]
+        while names[-1] == "":
+            names.pop()
     graph_inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(inputs[n].dtype), inputs[n].shape)
                     for n in names if n]
     if attributes is None:
-        attributes = {"delta_softplus": softplus, "plugin_version": "1", "plugin_namespace": "avs"}
-    node = helper.make_node("SelectiveScan", names, ["y"], domain="avs", **attributes)
-    output = helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(inputs["u"].dtype), None)
+        attributes = node_attributes(softplus)
+    node = helper.make_node(OP_TYPE, names, list(OUTPUT_NAMES), domain=DOMAIN, **attributes)
+    output = helper.make_tensor_value_info(OUTPUT_NAMES[0], helper.np_dtype_to_tensor_dtype(inputs["u"].dtype), None)
     graph = helper.make_graph([node], "selective_scan", graph_inputs, [output])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("avs", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid(DOMAIN, OPSET_VERSION)])
     model.ir_version = 10  # onnx 1.23 writes 12 by default, newer than onnxruntime 1.31 reads
     return model
 
@@ -73,13 +77,6 @@ def run_scan(library: str, inputs: dict, **model_options) -> np.ndarray:
     return session.run(None, {name: value for name, value in inputs.items() if value is not None})[0]
 
 
-def _flags(index: int) -> dict:
-    """Spread the optional inputs, softplus and fp16 over the grid so that every combination appears."""
-    bits = [(index >> k) & 1 for k in range(5)]
-    return dict(with_z=bool(bits[0]), with_d=bool(bits[1]), with_bias=bool(bits[2]), softplus=bits[3],
-                dtype=np.float16 if bits[4] else np.float32)
-
-
 def _check(y: np.ndarray, data: dict, softplus: int, label: str) -> None:
     expected = scan_fp64(**data, delta_softplus=bool(softplus))
     assert y.dtype == data["u"].dtype and y.shape == data["u"].shape
@@ -89,10 +86,10 @@ def _check(y: np.ndarray, data: dict, softplus: int, label: str) -> None:
     assert np.all(err <= atol + rtol * np.abs(expected)), f"{label}: max abs err {err.max():.3e}"
 
 
-@pytest.mark.parametrize("index,case", list(enumerate(GRID)), ids=[f"L{l}-N{n}-G{g}" for l, n, g in GRID])
+@pytest.mark.parametrize("index,case", list(enumerate(GRID)), ids=GRID_IDS)
 def test_matches_fp64_loop(library, index, case):
     length, dstate, groups = case
-    flags = _flags(index * 7 + length)
+    flags = grid_flags(index, length)
     data = make_inputs(np.random.default_rng(index), batch=2 if length < 100 else 1, dim=20 if length < 100 else 8,
                        length=length, dstate=dstate, groups=groups, with_d=flags["with_d"], with_z=flags["with_z"],
                        with_bias=flags["with_bias"], dtype=flags["dtype"])
@@ -195,18 +192,22 @@ def _bad(**changes):
 
 _OK = _bad()
 BAD_INPUTS = {
-    "u rank 2": (_bad(u=_OK["u"][0]), r"input 'u' must be \(batch, D, L\), got shape \[8, 6\]"),
+    "u rank 2": (_bad(u=_OK["u"][0]), r"input 'u' must be \(batch, D, L\), got \(8, 6\)"),
     "delta shape": (_bad(delta=_OK["delta"][:, :, :5]),
-                    r"input 'delta' must have u's shape \[1, 8, 6\], got \[1, 8, 5\]"),
-    "A rows": (_bad(A=_OK["A"][:4]), r"input 'A' must be \(D=8, N\), got shape \[4, 4\]"),
-    "B state size": (_bad(B=_OK["B"][:, :, :3], C=_OK["C"][:, :, :3]), r"input 'B' must be \(batch=1, N=4, L=6\)"),
+                    r"input 'delta' must be \(batch, D, L\) = \(1, 8, 6\) like u, got \(1, 8, 5\)"),
+    "A rows": (_bad(A=_OK["A"][:4]), r"input 'A' must be \(D, N\) with D = 8, got \(4, 4\)"),
+    "B state size": (_bad(B=_OK["B"][:, :, :3], C=_OK["C"][:, :, :3]),
+                     r"input 'B' must be \(batch, N, L\) = \(1, 4, 6\) or \(batch, G, N, L\) = \(1, \?, 4, 6\) "
+                     r"with G dividing D, got \(1, 2, 3, 6\)"),
     "G does not divide D": (_bad(B=np.zeros((1, 3, 4, 6), np.float32), C=np.zeros((1, 3, 4, 6), np.float32)),
-                            r"input 'B' has G=3 groups, which does not divide D=8"),
-    "C shape": (_bad(C=_OK["C"][..., :5]), r"input 'C' must have B's shape \[1, 2, 4, 6\], got \[1, 2, 4, 5\]"),
-    "D length": (_bad(D=np.ones(7, np.float32)), r"input 'D' must be \(D=8,\), got shape \[7\]"),
-    "z shape": (_bad(z=_OK["z"][:, :4]), r"input 'z' must have u's shape \[1, 8, 6\], got \[1, 4, 6\]"),
-    "delta_bias length": (_bad(delta_bias=np.ones((8, 1), np.float32)), r"input 'delta_bias' must be \(D=8,\)"),
-    "L = 0": (_bad(**{k: _OK[k][..., :0] for k in ("u", "delta", "B", "C", "z")}), r"L = 0 \(input 'u' has shape"),
+                            r"B and C have G = 3 groups, which does not divide D = 8"),
+    "C shape": (_bad(C=_OK["C"][..., :5]), r"input 'C' must be .*, like B \(1, 2, 4, 6\), got \(1, 2, 4, 5\)"),
+    "D length": (_bad(D=np.ones(7, np.float32)), r"input 'D' must be \(D,\) = \(8,\), got \(7,\)"),
+    "z shape": (_bad(z=_OK["z"][:, :4]), r"input 'z' must be \(batch, D, L\) = \(1, 8, 6\) like u, got \(1, 4, 6\)"),
+    "delta_bias length": (_bad(delta_bias=np.ones((8, 1), np.float32)),
+                          r"input 'delta_bias' must be \(D,\) = \(8,\), got \(8, 1\)"),
+    "L = 0": (_bad(**{k: _OK[k][..., :0] for k in ("u", "delta", "B", "C", "z")}),
+              r"L = 0 \(empty sequence, u is \(1, 8, 0\)\)"),
     "delta fp16": (_bad(delta=_OK["delta"].astype(np.float16)), r"input 'delta' is float16; expected float32 like u"),
     "A fp16 with fp16 data": (dict(make_inputs(np.random.default_rng(9), batch=1, dim=8, length=6, dstate=4,
                                                dtype=np.float16), A=_OK["A"].astype(np.float16)),
@@ -226,7 +227,7 @@ def test_bad_inputs_are_ort_errors_naming_the_problem(library, case):
 @pytest.mark.parametrize("value,message", [(2, r"'delta_softplus' must be 0 or 1, got 2"),
                                            (1.0, r"'delta_softplus' must be an INT \(0 or 1\), got a FLOAT")])
 def test_bad_attribute_fails_session_creation(library, value, message):
-    attributes = {"delta_softplus": value, "plugin_version": "1", "plugin_namespace": "avs"}
+    attributes = {**node_attributes(), "delta_softplus": value}
     with pytest.raises(Exception, match=message):
         run_scan(library, _bad(), attributes=attributes)
 
@@ -236,6 +237,18 @@ def test_attribute_defaults_to_no_softplus(library):
     y = run_scan(library, data, attributes={})
     np.testing.assert_array_equal(y, run_scan(library, data, softplus=0))
     assert not np.array_equal(y, run_scan(library, data, softplus=1))
+
+
+def test_inputs_are_read_by_position(library):
+    """A node whose empty z name was dropped puts delta_bias in z's slot: refused with the fix, never misread."""
+    data = _bad(z=None)
+    with pytest.raises(Exception, match=r"input 'z' must be \(batch, D, L\) = \(1, 8, 6\) like u, got \(8,\); "
+                                        r"inputs are read by position"):
+        run_scan(library, data, names=["u", "delta", "A", "B", "C", "D", "delta_bias"])
+    data = dict(data, D=None)
+    with_gap = run_scan(library, data, names=["u", "delta", "A", "B", "C", "", "", "delta_bias"])
+    folded = dict(data, delta=data["delta"] + data["delta_bias"][:, None], delta_bias=None)
+    np.testing.assert_allclose(with_gap, run_scan(library, folded), rtol=1e-6, atol=1e-6)
 
 
 def test_omitted_required_input_is_refused(library):

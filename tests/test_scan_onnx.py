@@ -10,6 +10,7 @@ import torch
 import plugins
 from export.ops.selective_scan import selective_scan
 from export.ops.selective_scan_onnx import MAX_LOWERED_LENGTH, onnx_translation_table
+from plugins.scan_contract import DOMAIN, OP_TYPE, node_attributes
 from tests.scan_grid import make_inputs
 
 
@@ -20,7 +21,8 @@ class ScanModule(torch.nn.Module):
         super().__init__()
         self.A = torch.nn.Parameter(torch.from_numpy(data["A"]))
         self.D = None if data["D"] is None else torch.nn.Parameter(torch.from_numpy(data["D"]))
-        self.delta_bias = None if data["delta_bias"] is None else torch.nn.Parameter(torch.from_numpy(data["delta_bias"]))
+        bias = data["delta_bias"]
+        self.delta_bias = None if bias is None else torch.nn.Parameter(torch.from_numpy(bias))
         self.with_z = data["z"] is not None
 
     def forward(self, u, delta, B, C, z):
@@ -66,10 +68,10 @@ def test_plugin_node_runs_in_onnxruntime_like_pytorch(tmp_path, case):
     path, feeds, expected = _export(tmp_path, data, "plugin")
     model = onnx.load(path)
     onnx.checker.check_model(model, full_check=True)
-    nodes = [n for n in model.graph.node if n.domain == "avs"]
-    assert [n.op_type for n in nodes] == ["SelectiveScan"]
+    nodes = [n for n in model.graph.node if n.domain == DOMAIN]
+    assert [n.op_type for n in nodes] == [OP_TYPE]
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
-    assert attrs == {"delta_softplus": 1, "plugin_version": b"1", "plugin_namespace": b"avs"}
+    assert attrs == {k: v.encode() if isinstance(v, str) else v for k, v in node_attributes(True).items()}
     assert "" not in nodes[0].input, "TensorRT passes empty input names to plugins as null tensors"
     assert len(nodes[0].input) == EXPECTED_INPUTS[case]
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)

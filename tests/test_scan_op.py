@@ -1,35 +1,23 @@
 """The PyTorch op ``avs::selective_scan`` against the fp64 loop of the contract, and its input checks."""
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 import torch
 
 from export.ops.selective_scan import scan_reference, selective_scan
-from tests.scan_grid import make_inputs, scan_fp64
-
-LENGTHS = (1, 2, 5, 63, 2048, 2049, 15680)
-GRID = list(itertools.product(LENGTHS, (1, 16), (0, 4)))      # (L, N, G); G = 0 is the ungrouped (B, N, L) form
-
-
-def _flags(index: int) -> dict:
-    """Spread the optional inputs, softplus and fp16 over the grid: every combination appears across the cases."""
-    bits = [(index >> k) & 1 for k in range(5)]
-    return dict(with_z=bool(bits[0]), with_d=bool(bits[1]), with_bias=bool(bits[2]), softplus=bool(bits[3]),
-                dtype=np.float16 if bits[4] else np.float32)
+from plugins.scan_contract import INPUT_NAMES
+from tests.scan_grid import GRID, GRID_IDS, grid_flags, make_inputs, scan_fp64
 
 
 def _torch_args(data: dict) -> list:
-    return [None if data[k] is None else torch.from_numpy(data[k])
-            for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    return [None if data[k] is None else torch.from_numpy(data[k]) for k in INPUT_NAMES]
 
 
-@pytest.mark.parametrize("index,case", list(enumerate(GRID)), ids=[f"L{l}-N{n}-G{g}" for l, n, g in GRID])
+@pytest.mark.parametrize("index,case", list(enumerate(GRID)), ids=GRID_IDS)
 def test_op_matches_fp64_loop(index, case):
     length, dstate, groups = case
-    flags = _flags(index * 7 + length)
+    flags = grid_flags(index, length)
     rng = np.random.default_rng(index)
     data = make_inputs(rng, batch=2 if length < 100 else 1, dim=8, length=length, dstate=dstate, groups=groups,
                        with_d=flags["with_d"], with_z=flags["with_z"], with_bias=flags["with_bias"],

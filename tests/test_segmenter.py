@@ -5,6 +5,8 @@ The artifact is conftest's session fixture (built once by ``python -m export.bui
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from plugins import scan_contract
 from runtime.audio import waveform_to_examples
 from runtime.backends import BackendError, check_feeds, open_backend
 from runtime.backends.onnxruntime import OrtRunner, choose_providers, onnx_opset_domains
@@ -112,11 +115,18 @@ def test_bad_input_is_named(segmenter):
         segmenter.push_audio(np.zeros(100, np.float32), -1)
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def _copy_artifact(artifact: Path, target: Path, edit) -> Path:
     target.mkdir()
     for item in artifact.iterdir():
-        if item.name != "manifest.json":
-            (target / item.name).symlink_to(item)
+        if item.is_file() and item.name != "manifest.json":
+            _link_or_copy(item, target / item.name)  # a symlink out of the directory would be refused
     data = json.loads((artifact / "manifest.json").read_text())
     edit(data)
     (target / "manifest.json").write_text(json.dumps(data))
@@ -187,13 +197,13 @@ def test_custom_op_graph_registers_our_library(tmp_path):
     batch, dim, state, length = 1, 4, 3, 6
     shapes = {"u": [batch, dim, length], "delta": [batch, dim, length], "A": [dim, state],
               "B": [batch, state, length], "C": [batch, state, length]}
-    node = helper.make_node("SelectiveScan", list(shapes), ["y"], domain="avs", delta_softplus=0,
-                            plugin_version="1", plugin_namespace="avs")
+    node = helper.make_node(scan_contract.OP_TYPE, list(shapes), ["y"], domain=scan_contract.DOMAIN,
+                            **scan_contract.node_attributes())
     graph = helper.make_graph([node], "scan", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
                                                for n, s in shapes.items()],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, shapes["u"])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("avs", 1)],
-                              ir_version=9)
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid(scan_contract.DOMAIN, scan_contract.OPSET_VERSION)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=9)
     onnx.save(model, str(tmp_path / "scan.onnx"))
     spec = GraphSpec("temporal", "scan.onnx", "", [TensorSpec(n, s, "float32") for n, s in shapes.items()],
                      [TensorSpec("y", shapes["u"], "float32")])
@@ -260,7 +270,7 @@ def test_cuda_error_codes_become_messages():
 def test_tensorrt_backend_matches_onnxruntime(tmp_path_factory):
     """GPU self-test: build engines for this GPU, then TensorRT and ONNX Runtime must agree on a clip."""
     from runtime.cli import ensure_artifacts
-    from export.engine import probe_gpu
+    from runtime.gpu import probe_gpu
 
     if probe_gpu()[0] is None:
         pytest.skip("no NVIDIA GPU")

@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from export.models import create_model, list_models
+from export.models import PretrainedCfg, create_model, list_models, model_builder, pretrained_cfg, register_model
 from export.models.selm import DAMFusionBlock, hard_assign
 
 FAST = "selm-s4-r50"
@@ -78,8 +78,9 @@ def test_encoding_frames_one_at_a_time_equals_the_clip(model, clip, stages):
     frames, audio = clip
     with torch.inference_mode():
         singles = [model.encode_frames(frames[i:i + 1], audio[i:i + 1]) for i in range(5)]
-    for s in range(4):
-        torch.testing.assert_close(torch.cat([m[s] for m, _, _ in singles]), stages[0][s], atol=ATOL, rtol=0)
+    for s in range(4):      # NOTE: batch-dependent accumulation order: the error scales with the map's largest value
+        scale = float(stages[0][s].abs().max())
+        torch.testing.assert_close(torch.cat([m[s] for m, _, _ in singles]), stages[0][s], atol=ATOL * scale, rtol=0)
     torch.testing.assert_close(torch.cat([p for _, p, _ in singles]), stages[1], atol=ATOL, rtol=0)
     torch.testing.assert_close(torch.cat([a for _, _, a in singles]), stages[2], atol=ATOL, rtol=0)
 
@@ -216,7 +217,57 @@ def test_create_model_contract():
         (FAST, "r50", "s4", 224, 5, 5, 1)
 
 
-HEAVY = [n for n in list_models("selm-*") if n != FAST]
+def test_options_reach_the_family_builder_and_unknown_ones_name_the_variant():
+    with pytest.raises(TypeError, match=r"selm-test: unknown option\(s\) widht; SelM takes gumbel, "):
+        create_model("selm-test", widht=3)
+    with pytest.raises(TypeError, match=r"vggish: unknown option\(s\) gumbel"):
+        create_model("vggish", gumbel="none")
+    with torch.device("meta"):
+        assert model_builder("selm-test")(temporal_depth=2).cfg.temporal_depth == 2      # caller kwargs win
+    model = _quiet("selm-test", gumbel="sample")
+    assert model.gumbel == "sample" and model.pretrained_cfg is pretrained_cfg("selm-test")
+
+
+@pytest.mark.parametrize("name", list_models("selm-*"))
+def test_pretrained_config_agrees_with_the_architecture(name):
+    pcfg = pretrained_cfg(name)
+    with torch.device("meta"):
+        cfg = model_builder(name)().cfg
+        encoder = model_builder(pcfg.audio_encoder)()
+    assert (cfg.resolution, cfg.frames, cfg.num_classes, cfg.output_size, cfg.setting, cfg.backbone) == \
+        (pcfg.input_size, pcfg.frames_per_clip, pcfg.num_classes, pcfg.output_size, pcfg.setting, pcfg.backbone)
+    assert encoder.embedding_dim == cfg.audio_dim and pcfg.family == "selm"
+    assert len(pcfg.class_names) == len(pcfg.palette) == max(2, pcfg.num_classes)
+    assert (pcfg.output_kind == "semantic") == (pcfg.setting == "avss")
+
+
+def test_avss_config_carries_the_avsbench_classes_and_voc_palette():
+    pcfg = pretrained_cfg("selm-avss-pvt")
+    assert (pcfg.class_names[0], pcfg.class_names[70], pcfg.activation) == ("background", "woman", "argmax")
+    assert pcfg.palette[:3] == ((0, 0, 0), (128, 0, 0), (0, 128, 0)) and pcfg.palette[70] != pcfg.palette[69]
+    assert pretrained_cfg("selm-s4-r50").url.startswith("https://drive.google.com/")
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="output_kind must be one of binary, semantic, embedding"):
+        PretrainedCfg(name="x", family="selm", output_kind="heatmap")
+    with pytest.raises(ValueError, match="2 class names and 2 colours for 3 output channels"):
+        PretrainedCfg(name="x", family="selm", num_classes=3)
+    with pytest.raises(ValueError, match="'selm-new' has no pretrained config"):
+        register_model("selm-new")(lambda: None)
+
+
+def test_test_variant_is_tiny_and_fast():
+    torch.manual_seed(0)
+    tiny = _quiet("selm-test")
+    cfg = tiny.cfg
+    assert sum(p.numel() for p in tiny.parameters()) < 150_000
+    with torch.inference_mode():
+        out = tiny(*_clip(cfg.frames, cfg.resolution))
+    assert out.shape == (5, 1, 64, 64) and torch.isfinite(out).all()
+
+
+HEAVY = [n for n in list_models("selm-*") if n not in (FAST, "selm-test")]
 
 
 @pytest.mark.slow

@@ -1,27 +1,30 @@
 """avs-stream end to end: generated clips through the real ONNX Runtime backend, and every fault's message and status.
 
 Each case runs ``python -m runtime.cli`` in a subprocess, as a user would. The artifact is conftest's
-session fixture, shared with the other modules.
+session fixture, shared with the other modules. Files are read back with PyAV.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import av
 import cv2
 import numpy as np
 import pytest
 
-from runtime.cli import AudioPump, ExitCode
+from runtime import builder
+from runtime.builder import ArtifactError, BuilderMissing, ensure_artifacts
+from runtime.cli import FORCE_QUIT, ExitCode, build_parser, run
 from runtime.demo_clip import make_clip
-from runtime.microphone import AudioChunk
 from runtime.render import Mp4Writer
 from tests.mjpeg_camera import MjpegCamera
 
@@ -45,12 +48,22 @@ def avs_stream(*args, cwd: Path, env: dict | None = None, timeout: float = 300) 
                           capture_output=True, text=True, timeout=timeout)
 
 
+AAC_FRAME = 1024 / 44100
+
+
 def _video_frames_and_audio(path: Path) -> tuple[int, list[float], float]:
+    """Decoded video frames, their times, and the audio's end (0.0 without audio); asserts the audio ends within
+    one AAC frame of the video's end."""
     with av.open(str(path)) as container:
-        audio = container.streams.audio
-        duration = float(audio[0].duration * audio[0].time_base) if audio else 0.0
         times = [frame.time for frame in container.decode(video=0)]
-    return len(times), times, duration
+    ends = {"video": 0.0, "audio": 0.0}
+    with av.open(str(path)) as container:
+        for packet in container.demux():
+            if packet.pts is not None and packet.size:
+                end = float((packet.pts + packet.duration) * packet.time_base)
+                ends[packet.stream.type] = max(ends[packet.stream.type], end)
+    assert ends["audio"] <= ends["video"] + AAC_FRAME, ends
+    return len(times), [t - times[0] for t in times], ends["audio"]
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -68,6 +81,8 @@ def test_file_source_end_to_end(artifact, clip, tmp_path):
     assert frames == clip.frames
     assert np.allclose(times, np.arange(clip.frames) / clip.fps, atol=0.01)
     assert audio_seconds == pytest.approx(clip.seconds, abs=0.1)
+    assert f"wrote {out} ({clip.frames} frames, video " in result.stderr  # read back from the file
+    assert f"{jsonl} ({clip.frames} lines), {masks}/ ({clip.frames} PNGs)" in result.stderr
     records = _jsonl(jsonl)
     assert len(records) == clip.frames and all(JSONL_KEYS <= set(r) for r in records)
     assert [r["frame"] for r in records] == list(range(clip.frames))
@@ -160,7 +175,20 @@ def test_ctrl_c_finalises_every_output(artifact, tmp_path):
 @pytest.mark.parametrize("args, code, message", [
     ([], ExitCode.USAGE, "choose one input: --camera INDEX|PATH, --source FILE|URL or --demo (try: avs-stream --demo)"),
     (["--demo", "--camera", "0"], ExitCode.USAGE, "(got --camera and --demo)"),
-    (["--source", "{clip}", "--alpha", "2"], ExitCode.USAGE, "--alpha must be in [0, 1]"),
+    (["--source", "{clip}", "--model-dir", "{artifact}", "--alpha", "2"], ExitCode.USAGE, "--alpha must be in [0, 1]"),
+    (["--source", "{clip}"], ExitCode.USAGE, "--model-dir DIR is required with --source"),
+    # output paths are checked before the model: a missing --model-dir would otherwise give exit 5
+    (["--source", "{clip}", "--model-dir", "{tmp}/none", "--output", "{tmp}"], ExitCode.USAGE,
+     "--output {tmp}: is a directory"),
+    (["--source", "{clip}", "--model-dir", "{tmp}/none", "--output", "{clip}/out.mp4"], ExitCode.USAGE,
+     "{clip} is a file, so nothing can be created under it"),
+    (["--source", "{clip}", "--model-dir", "{tmp}/none", "--jsonl", "/proc/avs-edge/log.jsonl"], ExitCode.USAGE,
+     "--jsonl /proc/avs-edge/log.jsonl: cannot create files in /proc"),
+    (["--source", "{clip}", "--model-dir", "{tmp}/none", "--save-masks", "{clip}"], ExitCode.USAGE,
+     "--save-masks {clip}: exists and is not a directory"),
+    (["--source", "{clip}", "--model-dir", "{tmp}/none", "--output", "{clip}"], ExitCode.USAGE,
+     "--output {clip} is also --source"),
+    (["--demo", "--output", "{tmp}"], ExitCode.USAGE, "--output {tmp}: is a directory"),
     (["--source", "{clip}", "--model-dir", "{tmp}/none"], ExitCode.ARTIFACTS,
      "does not exist; build it with: python -m export.build_engine"),
     (["--camera", "7", "--model-dir", "{artifact}"], ExitCode.VIDEO_SOURCE, "available cameras: "),
@@ -175,9 +203,11 @@ def test_faults_say_what_to_do_and_exit_cleanly(artifact, clip, tmp_path, args, 
     home.mkdir()
     (home / ".asoundrc").write_text("# none\n")
     filled = [a.format(clip=clip.path, tmp=tmp_path, artifact=artifact) for a in args]
-    result = avs_stream(*filled, cwd=tmp_path, env=_env(HOME=str(home)))
+    result = avs_stream(*filled, cwd=tmp_path, env=_env(HOME=str(home), AVS_EDGE_CACHE=str(tmp_path / "cache")))
     assert result.returncode == code, result.stderr
-    assert message in result.stderr
+    assert message.format(clip=clip.path, tmp=tmp_path) in result.stderr
+    if "--demo" in args:
+        assert not (tmp_path / "cache").exists()  # the output path was refused before any build
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
 
@@ -200,34 +230,6 @@ def test_list_devices(tmp_path):
     result = avs_stream("--list-devices", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "cameras:" in result.stderr and "microphones:" in result.stderr
-
-
-class _FakeSegmenter:
-    def __init__(self):
-        self.pushed = []
-
-    def push_audio(self, samples, rate, timestamp):
-        self.pushed.append((samples.shape[0], rate, timestamp))
-
-
-def test_audio_pump_reports_overflows_and_holds_back_future_audio():
-    """Overflows are reported once per new count without stopping; a file's audio is handed over only up to
-    the frame being segmented (plus a look-ahead), split mid-chunk when needed."""
-    source = SimpleNamespace(overflows=0, chunks=[AudioChunk(np.zeros(1600, np.int16), 16000, 0.0),
-                                                  AudioChunk(np.zeros(1600, np.int16), 16000, 0.1)])
-    source.read = lambda: [source.chunks.pop(0)] if source.chunks else []
-    lines = []
-    segmenter = _FakeSegmenter()
-    pump = AudioPump(source, segmenter, None, lines.append)
-    pump.pump(until=0.05)
-    assert segmenter.pushed == [(800, 16000, 0.0)] and pump.until == pytest.approx(0.05)
-    source.overflows = 2
-    pump.pump()
-    assert [p[0] for p in segmenter.pushed] == [800, 800, 1600]
-    assert pump.until == pytest.approx(0.2)
-    assert lines == ["audio: input overflow (2 so far): samples were lost and replaced by silence; continuing"]
-    pump.pump()
-    assert len(lines) == 1
 
 
 @pytest.mark.slow
@@ -262,3 +264,120 @@ def test_overlay_blends_only_the_mask_and_names_bad_shapes():
     assert lines == [" 12.3 fps", "model   81.0 ms", "audio -20.0 dBFS", "extra"]
     hud = draw_hud(image.copy(), lines)
     assert (hud[:5, :5] < image[:5, :5]).all()  # the box darkens what is under it
+
+
+def _builder_entry_point(monkeypatch, value: str) -> None:
+    point = importlib.metadata.EntryPoint(builder.BUILDER_NAME, value, builder.BUILDER_GROUP)
+    monkeypatch.setattr(builder.importlib.metadata, "entry_points",
+                        lambda group: [point] if group == builder.BUILDER_GROUP else [])
+
+
+def copy_artifact(model: str, out: Path, *, say=print) -> Path:
+    """A stand-in builder for the entry point: copies the session's artifact (the real one takes minutes)."""
+    shutil.copytree(os.environ["AVS_TEST_COPY_FROM"], out, dirs_exist_ok=True)
+    return out
+
+
+def fail_to_build(model: str, out: Path, *, say=print) -> Path:
+    raise RuntimeError("out of memory")
+
+
+def need_torch(model: str, out: Path, *, say=print) -> Path:
+    raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+
+def test_declared_builder_entry_point_names_the_export_function():
+    points = [p for p in importlib.metadata.entry_points(group=builder.BUILDER_GROUP) if p.name == "artifact"]
+    assert [p.value for p in points] == ["export.build_engine:build_artifact"]
+
+
+def test_artifact_is_built_through_the_entry_point(artifact, tmp_path, monkeypatch):
+    monkeypatch.setenv("AVS_TEST_COPY_FROM", str(artifact))
+    _builder_entry_point(monkeypatch, "tests.test_stream_cli:copy_artifact")
+    lines = []
+    assert ensure_artifacts(tmp_path / "built", MODEL, lines.append) == tmp_path / "built"
+    assert (tmp_path / "built" / "manifest.json").is_file() and "first use" in lines[0]
+    _builder_entry_point(monkeypatch, "tests.test_stream_cli:fail_to_build")
+    with pytest.raises(ArtifactError, match="out of memory"):
+        ensure_artifacts(tmp_path / "other", MODEL, lines.append)
+    _builder_entry_point(monkeypatch, "tests.test_stream_cli:need_torch")
+    with pytest.raises(BuilderMissing, match=r"needs torch; install the export extra \(pip install -e '\.\[export\]'"):
+        ensure_artifacts(tmp_path / "other", MODEL, lines.append)
+
+
+@pytest.mark.parametrize("value", [None, "runtime.no_such_module:build", "runtime.builder:no_such_function"])
+def test_demo_without_the_builder_says_what_to_install(tmp_path, monkeypatch, value):
+    if value is None:
+        monkeypatch.setattr(builder.importlib.metadata, "entry_points", lambda group: [])
+    else:
+        _builder_entry_point(monkeypatch, value)
+    monkeypatch.setenv("AVS_EDGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BuilderMissing):
+        ensure_artifacts(tmp_path / "none", MODEL)
+    with pytest.raises(Exception) as caught:
+        run(build_parser().parse_args(["--demo", "--headless"]), say=lambda line: None)
+    assert caught.value.code == ExitCode.ARTIFACTS
+    assert "pip install -e '.[export]'" in str(caught.value)  # the commands are the feature
+    assert f"python -m export.build_engine --model {MODEL} --out {tmp_path / 'cache' / 'demo' / MODEL}" in \
+        str(caught.value)
+
+
+INTERRUPTED_WRITER = textwrap.dedent("""
+    import os, signal, sys
+    import numpy as np
+    from runtime.cli import _Interrupts
+    from runtime.outputs import Outputs
+
+    video = sys.argv[1]
+    outputs = Outputs(video, fps=10)
+    kill = lambda: os.kill(os.getpid(), signal.SIGINT)
+    with _Interrupts(lambda line: print(line, file=sys.stderr, flush=True), video) as interrupts:
+        try:
+            kill()  # the first stops the loop
+        except KeyboardInterrupt:
+            print("stopped", file=sys.stderr, flush=True)
+        interrupts.finalising()
+        kill()  # the second is reported and ignored
+        for i in range(60):
+            # the third comes from the writer thread while the main thread waits in close()
+            outputs.render(np.full((240, 320, 3), i, np.uint8), i / 10, done=kill if i == int(sys.argv[2]) else None)
+        print(outputs.close(), file=sys.stderr, flush=True)
+""")
+
+
+@pytest.mark.parametrize("third_at", [-1, 40])
+def test_a_second_interrupt_is_ignored_and_a_third_still_leaves_a_playable_mp4(tmp_path, third_at):
+    video = tmp_path / "out.mp4"
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_WRITER, str(video), str(third_at)], env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert "stopped" in done.stderr and "finishing the outputs" in done.stderr, done.stderr
+    frames, times, _ = _video_frames_and_audio(video)
+    if third_at < 0:
+        assert done.returncode == 0 and frames == 60, done.stderr
+    else:
+        assert done.returncode == FORCE_QUIT, done.stderr
+        assert 10 <= frames <= third_at + 1  # whole one-second fragments, up to the forced quit
+        assert np.allclose(times, np.arange(frames) / 10, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_repeated_ctrl_c_to_avs_stream_leaves_a_playable_mp4(artifact, tmp_path):
+    long_clip = make_clip(tmp_path / "long.mp4", seconds=20.0, fps=5, width=160, height=96)
+    out, jsonl = tmp_path / "int.mp4", tmp_path / "int.jsonl"
+    process = subprocess.Popen([sys.executable, "-m", "runtime.cli", "--source", str(long_clip.path),
+                                "--model-dir", str(artifact), "--output", str(out), "--jsonl", str(jsonl),
+                                "--headless"], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not jsonl.exists() or jsonl.read_text().count("\n") < 12):
+        time.sleep(0.1)
+    for _ in range(3):
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode in (ExitCode.OK, FORCE_QUIT), stderr
+    frames, _, _ = _video_frames_and_audio(out)
+    assert frames >= 5
+    if process.returncode == ExitCode.OK:
+        assert frames == len(_jsonl(jsonl))

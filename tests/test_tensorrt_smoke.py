@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from export.engine import BuildOptions, BuildProgress, EngineBuildError, build_serialized_engine
+from plugins.scan_contract import DOMAIN, INPUT_NAMES, OP_TYPE, OPSET_VERSION, REQUIRED_INPUTS, node_attributes
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx)")
 
@@ -38,18 +39,17 @@ def test_streaming_graphs_build(artifact, graph):
 
 def test_scan_node_is_looked_up_as_our_plugin(tmp_path):
     """An ``avs::SelectiveScan`` node reaches TensorRT's plugin lookup; without our library the error says why."""
-    names = ["u", "delta", "A", "B", "C"]
+    names = list(INPUT_NAMES[:REQUIRED_INPUTS])
     shapes = {"u": [1, 8, 5], "delta": [1, 8, 5], "A": [8, 4], "B": [1, 4, 5], "C": [1, 4, 5]}
-    node = helper.make_node("SelectiveScan", names, ["y"], domain="avs", name="scan0", delta_softplus=1,
-                            plugin_version="1", plugin_namespace="avs")
+    node = helper.make_node(OP_TYPE, names, ["y"], domain=DOMAIN, name="scan0", **node_attributes(True))
     graph = helper.make_graph([node], "scan", [helper.make_tensor_value_info(n, TensorProto.FLOAT, shapes[n])
                                                for n in names],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 5])])
     path = tmp_path / "scan.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("avs", 1)],
-                                ir_version=10), path)
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, OPSET_VERSION)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets, ir_version=10), path)
     with pytest.raises(EngineBuildError) as info:
         _build(path)
     message = str(info.value)
-    assert "node scan0 (SelectiveScan)" in message and "Plugin not found" in message
+    assert f"node scan0 ({OP_TYPE})" in message and "Plugin not found" in message
     assert "--plugin-lib" in message and "--scan lowered" in message

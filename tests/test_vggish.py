@@ -11,7 +11,7 @@ from export.models._registry import model_builder
 @pytest.fixture(scope="module")
 def model() -> VGGish:
     torch.manual_seed(0)
-    return model_builder("vggish")(gumbel="none").eval()
+    return model_builder("vggish")().eval()
 
 
 def test_forward_shape_and_non_negative(model):
@@ -70,6 +70,15 @@ def test_wrong_dtype_is_refused(model):
         model(torch.zeros(1, 1, 96, 64, dtype=torch.float64))
 
 
-def test_builder_ignores_gumbel_and_refuses_other_options():
-    with pytest.raises(TypeError, match="pretrained"):
-        model_builder("vggish")(pretrained=True)
+@pytest.mark.parametrize("option", ["gumbel", "pretrained"])
+def test_builder_refuses_options_it_does_not_have(option):
+    with pytest.raises(TypeError, match=f"vggish: unknown option\\(s\\) {option}"):
+        model_builder("vggish")(**{option: "none"})
+
+
+def test_test_variant_is_tiny_with_the_same_interface():
+    torch.manual_seed(0)
+    tiny = model_builder("vggish-test")().eval()
+    assert sum(p.numel() for p in tiny.parameters()) < 10_000
+    with torch.no_grad():
+        assert tiny(torch.randn(2, 1, 96, 64)).shape == (2, 128)

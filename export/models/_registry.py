@@ -1,41 +1,71 @@
-"""Registry of named model variants (``selm-s4-r50``, ``vggish``, ...).
+"""Registry of named model variants (``selm-s4-r50``, ``vggish``, ...) and their pretrained configs.
 
-A family file registers one small builder per variant with ``@register_model("name")``; the builder takes
-keyword options (``gumbel=...`` for SelM) and returns an uninitialised-but-valid ``nn.Module``.
+A family file first registers one :class:`PretrainedCfg` per variant (``register_pretrained_cfgs``), then one
+small builder per variant with ``@register_model("name")``; the builder takes keyword options (``gumbel=...`` for
+SelM) and returns an uninitialised-but-valid ``nn.Module``. A variant without a config cannot be registered.
 """
 from __future__ import annotations
 
 import difflib
 import fnmatch
+from collections.abc import Iterable
 from typing import Callable
 
 import torch.nn as nn
 
+from ._pretrained import PretrainedCfg
+
+__all__ = ["register_model", "register_pretrained_cfgs", "list_models", "model_builder", "pretrained_cfg"]
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_CFGS: dict[str, PretrainedCfg] = {}
+
+
+def register_pretrained_cfgs(cfgs: Iterable[PretrainedCfg]) -> dict[str, PretrainedCfg]:
+    """Register configs (keyed by their ``name``); returns them as a dict, the family's ``default_cfgs``."""
+    cfgs = list(cfgs)
+    for cfg in cfgs:
+        if cfg.name in _CFGS:
+            raise ValueError(f"pretrained config {cfg.name!r} is registered twice")
+        _CFGS[cfg.name] = cfg
+    return {cfg.name: cfg for cfg in cfgs}
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register ``fn(**options) -> nn.Module`` under ``name``."""
+    """Decorator: register ``fn(**options) -> nn.Module`` under ``name`` (its config must be registered first)."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
+        if name not in _CFGS:
+            raise ValueError(f"model {name!r} has no pretrained config: add a PretrainedCfg entry to its family's "
+                             f"default_cfgs before registering it")
         _MODELS[name] = fn
         return fn
 
     return wrap
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Sorted names of the registered variants matching a shell-style ``pattern``."""
-    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+def list_models(pattern: str = "*", *, task: str | None = None) -> list[str]:
+    """Sorted names of the registered variants matching a shell-style ``pattern`` (and ``task``, if given)."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern) and task in (None, _CFGS[n].task))
+
+
+def _unknown(name: str) -> KeyError:
+    close = difflib.get_close_matches(name, list(_MODELS), n=3, cutoff=0.4)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return KeyError(f"unknown model {name!r}.{hint} Known models: {', '.join(list_models())}")
 
 
 def model_builder(name: str) -> Callable[..., nn.Module]:
     """The builder registered under ``name``; an unknown name raises ``KeyError`` naming close matches."""
-    try:
-        return _MODELS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(_MODELS), n=3, cutoff=0.4)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown model {name!r}.{hint} Known models: {', '.join(list_models())}") from None
+    if name not in _MODELS:
+        raise _unknown(name)
+    return _MODELS[name]
+
+
+def pretrained_cfg(name: str) -> PretrainedCfg:
+    """The :class:`PretrainedCfg` of variant ``name``; an unknown name raises ``KeyError`` naming close matches."""
+    if name not in _MODELS:
+        raise _unknown(name)
+    return _CFGS[name]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,6 +27,7 @@ __all__ = ["CheckpointMismatchError", "read_checkpoint", "unwrap_state_dict", "c
 
 _SHOW = 5          # keys named per category in an error
 _PREFIX = "module."
+_FOREIGN_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
 class CheckpointMismatchError(ValueError):
@@ -32,23 +35,28 @@ class CheckpointMismatchError(ValueError):
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Load a checkpoint file into a flat ``{key: tensor}`` dict on the CPU (containers and prefix removed)."""
+    """Load a checkpoint file into a flat ``{key: tensor}`` dict on the CPU (containers and prefix removed).
+
+    Only ``weights_only`` loading is used; errors name the file and never suggest unsafe loading.
+    """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path} (check the path; the official SelM weights are "
-                                f"linked in SelMConfig.weights_url)")
+        raise FileNotFoundError(f"checkpoint not found: {path} (check the path; each variant's official file and "
+                                f"download page are in export.models.pretrained_cfg(name).file / .url)")
     if not path.is_file():
         raise ValueError(f"checkpoint {path} is not a file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"checkpoint {path} holds objects other than tensors and plain containers, which "
-                         f"weights_only loading refuses ({str(e).splitlines()[0]}); re-save it as "
-                         f"torch.save(model.state_dict(), path)") from None
-    except Exception as e:  # torch raises RuntimeError/EOFError/zipfile errors for damaged files
-        raise ValueError(f"cannot read checkpoint {path}: the file is truncated or not a PyTorch checkpoint "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}); "
-                         f"download it again") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")      # torch's pickle-protocol notes say nothing useful here
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError/RuntimeError/EOFError/KeyError for foreign or damaged files
+        found = _FOREIGN_GLOBAL.search(str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if found:
+            raise ValueError(f"checkpoint {path} holds a pickled {found.group(1)} object besides tensors, which "
+                             f"safe (weights_only) loading refuses; re-save the weights alone with "
+                             f"torch.save(model.state_dict(), path)") from None
+        raise ValueError(f"checkpoint {path} is not a PyTorch checkpoint, or it is corrupt or truncated "
+                         f"({type(e).__name__}); download it again") from None
     return unwrap_state_dict(obj, f"checkpoint {path}")
 
 

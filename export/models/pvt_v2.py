@@ -14,9 +14,10 @@ from typing import Sequence
 import torch.nn as nn
 from torch import Tensor
 
-__all__ = ["PyramidVisionTransformerV2", "pvt_v2_b5", "B5_WIDTHS"]
+__all__ = ["PyramidVisionTransformerV2", "pvt_v2_b5", "pvt_v2_test", "B5_WIDTHS", "TEST_WIDTHS"]
 
 B5_WIDTHS = (64, 128, 320, 512)
+TEST_WIDTHS = (8, 16, 16, 16)
 
 
 class DWConv(nn.Module):
@@ -152,3 +153,9 @@ def pvt_v2_b5(fusions: Sequence[nn.Module] = ()) -> PyramidVisionTransformerV2:
     """PVT-v2-b5: widths 64/128/320/512, heads 1/2/5/8, MLP ratio 4, depths 3/6/40/3, SR ratios 8/4/2/1."""
     return PyramidVisionTransformerV2(embed_dims=B5_WIDTHS, num_heads=(1, 2, 5, 8), mlp_ratios=(4, 4, 4, 4),
                                       depths=(3, 6, 40, 3), sr_ratios=(8, 4, 2, 1), fusions=fusions)
+
+
+def pvt_v2_test(fusions: Sequence[nn.Module] = ()) -> PyramidVisionTransformerV2:
+    """A tiny PVT-v2 for golden tests: widths 8/16/16/16, one head and one block per stage, MLP ratio 2."""
+    return PyramidVisionTransformerV2(embed_dims=TEST_WIDTHS, num_heads=(1, 1, 1, 1), mlp_ratios=(2, 2, 2, 2),
+                                      depths=(1, 1, 1, 1), sr_ratios=(4, 2, 1, 1), fusions=fusions)

@@ -5,6 +5,8 @@ Segmentation", ACM MM 2024 (doi:10.1145/3664647.3680926). Official code and weig
 https://github.com/Cyyzpoi/SelM (HEAD 7c28674, Apache-2.0). Written from ``shared/specs/selm.md`` and a reading
 of the official code; nothing is copied. Module and parameter names follow the official ones so that the
 released ``.pth`` files load strictly, buffers included.
+``selm-test`` is a tiny random-weight variant (16-wide, tiny PVT-v2, 64x64 input) for golden tests and fast
+export tests; each variant's input/output contract and provenance is its ``PretrainedCfg`` in ``default_cfgs``.
 
 Data path (B = 1 clip of T frames)::
 
@@ -26,7 +28,7 @@ Deliberate differences from the official code, none of which changes a B = 1 res
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional, Sequence
 
 import torch
@@ -34,17 +36,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._registry import register_model
+from ._pretrained import AVSBENCH_CLASSES, PretrainedCfg, voc_palette
+from ._registry import pretrained_cfg, register_model, register_pretrained_cfgs
 from .mamba import Mamba
-from .pvt_v2 import B5_WIDTHS, pvt_v2_b5
+from .pvt_v2 import B5_WIDTHS, TEST_WIDTHS, pvt_v2_b5, pvt_v2_test
 from .resnet import B2ResNet
 
-__all__ = ["SelM", "SelMConfig", "SELM_CONFIGS", "GUMBEL_MODES", "DAMFusionBlock", "BCSM", "CleverDecoder",
-           "hard_assign"]
+__all__ = ["SelM", "SelMConfig", "GUMBEL_MODES", "DAMFusionBlock", "BCSM", "CleverDecoder", "hard_assign",
+           "default_cfgs"]
 
 GUMBEL_MODES = ("none", "sample", "input")
-_DIM = 256          # common width of audio tokens, projected maps, decoder tokens
+_DIM = 256          # common width of audio tokens, projected maps, decoder tokens (official)
 _AUDIO_IN = 128     # VGGish embedding width
+_PVT_BACKBONES = {"pvt": (pvt_v2_b5, B5_WIDTHS), "pvt-test": (pvt_v2_test, TEST_WIDTHS)}
 _STRIDES = (4, 8, 16, 32)
 
 
@@ -223,11 +227,11 @@ class BCSM(nn.Module):
     gate the audio token: audio_out = audio + mean_s(SiLU(Linear(Mamba^3(Linear(pooled_s))))) * audio.
     """
 
-    def __init__(self, dim: int = _DIM, levels: int = 4) -> None:
+    def __init__(self, dim: int = _DIM, levels: int = 4, depth: int = 3) -> None:
         super().__init__()
         self.vis_linear = nn.ModuleList(nn.Linear(dim, dim) for _ in range(levels))
-        self.video_encoder = nn.ModuleList(MambaEncoder(dim) for _ in range(levels))
-        self.audio_encoder = nn.ModuleList(MambaEncoder(dim) for _ in range(levels))
+        self.video_encoder = nn.ModuleList(MambaEncoder(dim, depth) for _ in range(levels))
+        self.audio_encoder = nn.ModuleList(MambaEncoder(dim, depth) for _ in range(levels))
         self.audio_gated = nn.ModuleList(nn.Sequential(nn.Linear(dim, dim), nn.SiLU()) for _ in range(levels))
         self.video_gated = nn.ModuleList(nn.Sequential(nn.Linear(dim, dim), nn.SiLU()) for _ in range(levels))
 
@@ -365,10 +369,10 @@ class CGAttention(nn.Module):
 class Fusion(nn.Module):
     """Up-sample the running map to the finer map (bilinear, align_corners=True), concat, 2x (conv3x3+GN+ReLU)."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, groups: int = 32) -> None:
         super().__init__()
-        self.fusion = nn.Sequential(nn.Conv2d(2 * dim, dim, 3, padding=1), nn.GroupNorm(32, dim), nn.ReLU(),
-                                    nn.Conv2d(dim, dim, 3, padding=1), nn.GroupNorm(32, dim), nn.ReLU())
+        self.fusion = nn.Sequential(nn.Conv2d(2 * dim, dim, 3, padding=1), nn.GroupNorm(groups, dim), nn.ReLU(),
+                                    nn.Conv2d(dim, dim, 3, padding=1), nn.GroupNorm(groups, dim), nn.ReLU())
 
     def forward(self, coarse: Tensor, fine: Tensor) -> Tensor:
         coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=True)
@@ -379,13 +383,14 @@ class DProjector(nn.Module):
     """Mask head: ``upsamples`` x (x2 bilinear up, conv3x3+GN+ReLU), conv1x1, then a per-frame dynamic projection
     from the last token: 256 weights + 1 bias (binary) or 71 x 256 class embeddings (AVSS, no bias)."""
 
-    def __init__(self, dim: int, upsamples: int, num_classes: int) -> None:
+    def __init__(self, dim: int, upsamples: int, num_classes: int, groups: int = 32) -> None:
         super().__init__()
         self.num_classes = num_classes
         layers: list[nn.Module] = []
         for _ in range(upsamples):
             layers += [nn.Upsample(scale_factor=2.0, mode="bilinear"),
-                       nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.GroupNorm(32, dim), nn.ReLU())]
+                       nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.GroupNorm(groups, dim),
+                                     nn.ReLU())]
         self.vis = nn.Sequential(*layers, nn.Conv2d(dim, dim, 1))
         self.audio_linear = nn.Linear(dim, dim + 1 if num_classes == 1 else num_classes * dim)
 
@@ -406,7 +411,8 @@ class CleverDecoder(nn.Module):
     """Three layers (coarse to fine): Fusion with the next finer map, LoadLayer (audio), CGAttention (video);
     then the mask head on the last token and the finest fused map."""
 
-    def __init__(self, pe_shapes: Sequence[int], mask_upsamples: int, num_classes: int, dim: int = _DIM) -> None:
+    def __init__(self, pe_shapes: Sequence[int], mask_upsamples: int, num_classes: int, dim: int = _DIM,
+                 groups: int = 32) -> None:
         super().__init__()
         self.tokens = nn.Embedding(2, dim)
         nn.init.trunc_normal_(self.tokens.weight, std=0.02)
@@ -414,8 +420,8 @@ class CleverDecoder(nn.Module):
         self.cgattention2 = CGAttention(dim)
         self.cgattention3 = CGAttention(dim)
         self.layers = nn.ModuleList(LoadLayer(dim, p) for p in pe_shapes)
-        self.fuses = nn.ModuleList(Fusion(dim) for _ in pe_shapes)
-        self.proj = DProjector(dim, mask_upsamples, num_classes)
+        self.fuses = nn.ModuleList(Fusion(dim, groups) for _ in pe_shapes)
+        self.proj = DProjector(dim, mask_upsamples, num_classes, groups)
 
     def forward(self, maps: Sequence[Tensor], audio: Tensor, gumbels: Sequence[Optional[Tensor]],
                 mask: Optional[Tensor]) -> Tensor:
@@ -439,17 +445,22 @@ class CleverDecoder(nn.Module):
 
 @dataclass(frozen=True)
 class SelMConfig:
-    """One official SelM checkpoint's architecture and input contract.
+    """One SelM variant's architecture (its input/output contract is its ``PretrainedCfg``).
 
     Args:
         name: registry name.
-        backbone: "r50" (B2_ResNet) or "pvt" (PVT-v2-b5).
-        setting: "s4", "ms3" or "avss" (AVSBench subset the checkpoint was trained on).
+        backbone: "r50" (B2_ResNet), "pvt" (PVT-v2-b5) or "pvt-test" (a tiny PVT-v2 for golden tests).
+        setting: "s4", "ms3", "avss" (AVSBench subset the checkpoint was trained on) or "test"; "avss" takes a
+            per-frame validity mask.
         resolution: input frames are resolution x resolution (fixed by the decoder's positional embeddings).
         frames: T, frames per clip = the length of BCSM's Mamba sequences.
         num_classes: 1 (binary logit; sigmoid > 0.5) or 71 (AVSS classes, 0 = background; argmax).
         mask_upsamples: number of x2 up-convolutions in the mask head (1 or 2).
-        weights_url: where the official checkpoint is published.
+        output_size: side of the output logits (the decoder's map is resized to it when it differs).
+        audio_dim: width of the audio encoder's embedding.
+        dim: common width of audio tokens, projected maps and decoder tokens (256).
+        norm_groups: GroupNorm groups in in_proj and the decoder (32).
+        temporal_depth: Mamba blocks per BCSM sequence (3).
     """
 
     name: str
@@ -459,11 +470,11 @@ class SelMConfig:
     frames: int
     num_classes: int
     mask_upsamples: int
-    weights_url: str
     output_size: int = 224
     audio_dim: int = _AUDIO_IN
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    dim: int = _DIM
+    norm_groups: int = 32
+    temporal_depth: int = 3
 
     @property
     def T(self) -> int:
@@ -496,23 +507,27 @@ class SelM(nn.Module):
         self.cfg = cfg
         self.gumbel = gumbel
         self.generator: Optional[torch.Generator] = None
+        dim = cfg.dim
         if cfg.backbone == "r50":
             self.resnet = B2ResNet()
-            self.BCSM = BCSM()
+            self.BCSM = BCSM(dim, depth=cfg.temporal_depth)
             widths = B2ResNet.stage_channels
+        elif cfg.backbone in _PVT_BACKBONES:
+            build, widths = _PVT_BACKBONES[cfg.backbone]
+            self.encoder_backbone = build(fusions=[DAMFusionBlock(c, dim) for c in widths])
+            self.tem_att = BCSM(dim, depth=cfg.temporal_depth)
         else:
-            widths = B5_WIDTHS
-            self.encoder_backbone = pvt_v2_b5(fusions=[DAMFusionBlock(c) for c in widths])
-            self.tem_att = BCSM()
+            raise ValueError(f"{cfg.name}: unknown backbone {cfg.backbone!r} (known: r50, "
+                             f"{', '.join(_PVT_BACKBONES)})")
         for level in (4, 3, 2, 1):
-            setattr(self, f"in_proj{level}", nn.Sequential(nn.Conv2d(widths[level - 1], _DIM, 1),
-                                                           nn.GroupNorm(32, _DIM)))
+            setattr(self, f"in_proj{level}", nn.Sequential(nn.Conv2d(widths[level - 1], dim, 1),
+                                                           nn.GroupNorm(cfg.norm_groups, dim)))
         if cfg.backbone == "r50":
             for level, c in enumerate(widths, start=1):
-                setattr(self, f"DAM_Fusion{level}", DAMFusionBlock(c))
-        self.decoder = CleverDecoder(cfg.pe_shapes, cfg.mask_upsamples, cfg.num_classes)
-        self.audio_proj = nn.Linear(cfg.audio_dim, _DIM)
-        self.audio_norm = nn.LayerNorm(_DIM)
+                setattr(self, f"DAM_Fusion{level}", DAMFusionBlock(c, dim))
+        self.decoder = CleverDecoder(cfg.pe_shapes, cfg.mask_upsamples, cfg.num_classes, dim, cfg.norm_groups)
+        self.audio_proj = nn.Linear(cfg.audio_dim, dim)
+        self.audio_norm = nn.LayerNorm(dim)
 
     # -- structure ---------------------------------------------------------------------------------------------
     @property
@@ -639,19 +654,20 @@ class SelM(nn.Module):
             feats = [f * mask.reshape(t, 1, 1, 1) for f in feats]
         maps = tuple(getattr(self, f"in_proj{s}")(f) for s, f in enumerate(feats, start=1))
         pooled = torch.stack([m.mean(dim=(2, 3)) for m in maps], dim=1)
-        return maps, pooled, audio.reshape(t, _DIM)
+        return maps, pooled, audio.reshape(t, self.cfg.dim)
 
     def temporal(self, pooled: Tensor, audio: Tensor) -> tuple[Tensor, Tensor]:
         """BCSM over the window: causal in T, so a window of the first t <= T frames gives the first t results.
 
         pooled [t,4,256], audio [t,256] -> (gates [t,4,256], audio_out [t,256]).
         """
+        dim = self.cfg.dim
         if not isinstance(pooled, Tensor) or pooled.dim() != 3 or not 1 <= pooled.shape[0] <= self.cfg.frames:
             got = list(pooled.shape) if isinstance(pooled, Tensor) else type(pooled).__name__
-            raise ValueError(f"pooled: expected [t, 4, {_DIM}] with 1 <= t <= {self.cfg.frames}, got {got}")
+            raise ValueError(f"pooled: expected [t, 4, {dim}] with 1 <= t <= {self.cfg.frames}, got {got}")
         t = pooled.shape[0]
-        self._check("pooled", pooled, (t, 4, _DIM), "per-level pooled maps from encode_frames")
-        self._check("audio", audio, (t, _DIM), "post-DAM audio tokens from encode_frames")
+        self._check("pooled", pooled, (t, 4, dim), "per-level pooled maps from encode_frames")
+        self._check("audio", audio, (t, dim), "post-DAM audio tokens from encode_frames")
         return self._bcsm(pooled, audio)
 
     def decode_frames(self, maps: Sequence[Tensor], gates: Tensor, audio_out: Tensor,
@@ -663,14 +679,14 @@ class SelM(nn.Module):
         """
         if not isinstance(audio_out, Tensor) or audio_out.dim() != 2 or audio_out.shape[0] < 1:
             got = list(audio_out.shape) if isinstance(audio_out, Tensor) else type(audio_out).__name__
-            raise ValueError(f"audio_out: expected [T', {_DIM}], got {got}")
-        t = audio_out.shape[0]
-        self._check("audio_out", audio_out, (t, _DIM), "gated audio tokens from temporal")
-        self._check("gates", gates, (t, 4, _DIM), "per-level audio gates from temporal")
+            raise ValueError(f"audio_out: expected [T', {self.cfg.dim}], got {got}")
+        t, dim = audio_out.shape[0], self.cfg.dim
+        self._check("audio_out", audio_out, (t, dim), "gated audio tokens from temporal")
+        self._check("gates", gates, (t, 4, dim), "per-level audio gates from temporal")
         if len(maps) != 4:
             raise ValueError(f"maps: expected the 4 maps from encode_frames, got {len(maps)}")
         for s, (m, side) in enumerate(zip(maps, self.cfg.stage_sizes), start=1):
-            self._check(f"maps[{s - 1}]", m, (t, _DIM, side, side), f"level-{s} map from encode_frames")
+            self._check(f"maps[{s - 1}]", m, (t, dim, side, side), f"level-{s} map from encode_frames")
         mask = self._mask(valid, t)
         gumbels = self._gumbels(gumbel_noise, t)
         gated = [m + gates[:, s, :, None, None] * m for s, m in enumerate(maps)]
@@ -701,46 +717,86 @@ class SelM(nn.Module):
 # Configurations and registrations
 # ----------------------------------------------------------------------------------------------------------------
 
+def _cfg(name: str, setting: str, backbone: str, **kwargs) -> PretrainedCfg:
+    """A SelM entry: the official release's provenance, overridden by ``kwargs``."""
+    return PretrainedCfg(name=name, family="selm", setting=setting, backbone=backbone, license="Apache-2.0",
+                         origin_url="https://github.com/Cyyzpoi/SelM", paper="doi:10.1145/3664647.3680926",
+                         **kwargs)
+
+
 _DRIVE = "https://drive.google.com/file/d/"
-SELM_CONFIGS: dict[str, SelMConfig] = {c.name: c for c in (
-    SelMConfig("selm-s4-r50", "r50", "s4", 224, 5, 1, 2, _DRIVE + "1kJI00umTGOa05HxDdrHYVPozLn32cc_o"),
-    SelMConfig("selm-s4-pvt", "pvt", "s4", 448, 5, 1, 1, _DRIVE + "1WFcfB5cawzqLSxUJH7yP3xL2JN0ZX27V"),
-    SelMConfig("selm-ms3-r50", "r50", "ms3", 448, 5, 1, 1, _DRIVE + "19YHJOec_XbJpzAe2JJs6Omm71dmRZHNr"),
-    SelMConfig("selm-ms3-pvt", "pvt", "ms3", 448, 5, 1, 2, _DRIVE + "1xtb7GRciK29RJMVHgZRhDSOhBJT-y93Y"),
-    SelMConfig("selm-avss-r50", "r50", "avss", 224, 10, 71, 2, _DRIVE + "1qr2_JotdX1P0EUh7WUHsBkydyQezmd7R"),
-    SelMConfig("selm-avss-pvt", "pvt", "avss", 224, 10, 71, 2, _DRIVE + "1b5x7I2JJJLtuU8KPCFT1HOagiPjk2yZE"),
-)}
+_AVSS = dict(frames_per_clip=10, output_kind="semantic", num_classes=71, class_names=AVSBENCH_CLASSES,
+             palette=voc_palette(71), threshold=None)
+default_cfgs = register_pretrained_cfgs([
+    _cfg("selm-s4-r50", "s4", "r50", file="S4_R50.pth", url=_DRIVE + "1kJI00umTGOa05HxDdrHYVPozLn32cc_o"),
+    _cfg("selm-s4-pvt", "s4", "pvt", input_size=448, file="S4_PVT.pth",
+         url=_DRIVE + "1WFcfB5cawzqLSxUJH7yP3xL2JN0ZX27V"),
+    _cfg("selm-ms3-r50", "ms3", "r50", input_size=448, file="MS3_R50.pth",
+         url=_DRIVE + "19YHJOec_XbJpzAe2JJs6Omm71dmRZHNr"),
+    _cfg("selm-ms3-pvt", "ms3", "pvt", input_size=448, file="MS3_PVT.pth",
+         url=_DRIVE + "1xtb7GRciK29RJMVHgZRhDSOhBJT-y93Y"),
+    _cfg("selm-avss-r50", "avss", "r50", **_AVSS, file="AVSS_R50.pth",
+         url=_DRIVE + "1qr2_JotdX1P0EUh7WUHsBkydyQezmd7R"),
+    _cfg("selm-avss-pvt", "avss", "pvt", **_AVSS, file="AVSS_PVT.pth",
+         url=_DRIVE + "1b5x7I2JJJLtuU8KPCFT1HOagiPjk2yZE"),
+    # Tiny random-weight variant for golden tests and fast export tests: no checkpoint exists.
+    PretrainedCfg(name="selm-test", family="selm", setting="test", backbone="pvt-test", audio_encoder="vggish-test",
+                  input_size=64, output_size=64),
+])
+
+_OPTIONS = ("gumbel",) + tuple(f.name for f in fields(SelMConfig) if f.name != "name")
 
 
-def _create_selm(name: str, gumbel: str = "none") -> SelM:
-    return SelM(SELM_CONFIGS[name], gumbel=gumbel)
+def _create_selm(name: str, **kwargs) -> SelM:
+    """Build variant ``name``: its pretrained config fixes the input/output contract, ``kwargs`` the rest."""
+    unknown = sorted(set(kwargs) - set(_OPTIONS))
+    if unknown:
+        raise TypeError(f"{name}: unknown option(s) {', '.join(unknown)}; SelM takes {', '.join(_OPTIONS)}")
+    pcfg = pretrained_cfg(name)
+    args = dict(backbone=pcfg.backbone, setting=pcfg.setting, resolution=pcfg.input_size,
+                frames=pcfg.frames_per_clip, num_classes=pcfg.num_classes, output_size=pcfg.output_size)
+    args.update(kwargs)
+    gumbel = args.pop("gumbel", "none")
+    return SelM(SelMConfig(name=name, **args), gumbel=gumbel)
 
 
 @register_model("selm-s4-r50")
-def selm_s4_r50(gumbel: str = "none") -> SelM:
-    return _create_selm("selm-s4-r50", gumbel=gumbel)
+def selm_s4_r50(**kwargs) -> SelM:
+    model_args = dict(mask_upsamples=2)
+    return _create_selm("selm-s4-r50", **dict(model_args, **kwargs))
 
 
 @register_model("selm-s4-pvt")
-def selm_s4_pvt(gumbel: str = "none") -> SelM:
-    return _create_selm("selm-s4-pvt", gumbel=gumbel)
+def selm_s4_pvt(**kwargs) -> SelM:
+    model_args = dict(mask_upsamples=1)
+    return _create_selm("selm-s4-pvt", **dict(model_args, **kwargs))
 
 
 @register_model("selm-ms3-r50")
-def selm_ms3_r50(gumbel: str = "none") -> SelM:
-    return _create_selm("selm-ms3-r50", gumbel=gumbel)
+def selm_ms3_r50(**kwargs) -> SelM:
+    model_args = dict(mask_upsamples=1)
+    return _create_selm("selm-ms3-r50", **dict(model_args, **kwargs))
 
 
 @register_model("selm-ms3-pvt")
-def selm_ms3_pvt(gumbel: str = "none") -> SelM:
-    return _create_selm("selm-ms3-pvt", gumbel=gumbel)
+def selm_ms3_pvt(**kwargs) -> SelM:
+    model_args = dict(mask_upsamples=2)
+    return _create_selm("selm-ms3-pvt", **dict(model_args, **kwargs))
 
 
 @register_model("selm-avss-r50")
-def selm_avss_r50(gumbel: str = "none") -> SelM:
-    return _create_selm("selm-avss-r50", gumbel=gumbel)
+def selm_avss_r50(**kwargs) -> SelM:
+    model_args = dict(mask_upsamples=2)
+    return _create_selm("selm-avss-r50", **dict(model_args, **kwargs))
 
 
 @register_model("selm-avss-pvt")
-def selm_avss_pvt(gumbel: str = "none") -> SelM:
-    return _create_selm("selm-avss-pvt", gumbel=gumbel)
+def selm_avss_pvt(**kwargs) -> SelM:
+    model_args = dict(mask_upsamples=2)
+    return _create_selm("selm-avss-pvt", **dict(model_args, **kwargs))
+
+
+@register_model("selm-test")
+def selm_test(**kwargs) -> SelM:
+    model_args = dict(mask_upsamples=2, dim=16, norm_groups=8, temporal_depth=1)
+    return _create_selm("selm-test", **dict(model_args, **kwargs))

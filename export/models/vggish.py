@@ -11,46 +11,56 @@ Output: embeddings ``[N, 128]``, non-negative (the last Linear keeps its ReLU).
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn as nn
 
-from export.models._registry import register_model
+from ._pretrained import PretrainedCfg
+from ._registry import register_model, register_pretrained_cfgs
 
-__all__ = ["VGGish", "vggish"]
+__all__ = ["VGGish", "vggish", "vggish_test", "default_cfgs"]
 
 # Conv widths; "M" is a 2x2 max-pool. Indices in ``features`` follow from this list (conv, ReLU, [pool]).
 _FEATURE_LAYOUT = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M")
 
 
 class VGGish(nn.Module):
-    """VGGish: 6 conv3x3+ReLU layers with 4 max-pools, then 3 Linear+ReLU layers to a 128-d embedding."""
+    """VGGish: 6 conv3x3+ReLU layers with 4 max-pools, then 3 Linear+ReLU layers to a 128-d embedding.
+
+    Args:
+        layout: conv widths and "M" (2x2 max-pool), in order; four pools map [96, 64] to [6, 4].
+        hidden: width of the two hidden Linear layers.
+        embedding_dim: width of the embedding.
+    """
 
     INPUT_SHAPE = (1, 96, 64)  # (channels, time frames, mel bands) of one 0.96-s example
-    EMBEDDING_DIM = 128
 
-    def __init__(self) -> None:
+    def __init__(self, layout: Sequence[int | str] = _FEATURE_LAYOUT, hidden: int = 4096,
+                 embedding_dim: int = 128) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = 1
-        for width in _FEATURE_LAYOUT:
+        for width in layout:
             if width == "M":
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             else:
                 layers += [nn.Conv2d(channels, width, kernel_size=3, padding=1), nn.ReLU()]
                 channels = width
         self.features = nn.Sequential(*layers)
-        # After 4 pools the [96, 64] map is [6, 4] with 512 channels.
+        self.embedding_dim = embedding_dim
+        # After 4 pools the [96, 64] map is [6, 4].
         self.embeddings = nn.Sequential(
-            nn.Linear(6 * 4 * 512, 4096),
+            nn.Linear(6 * 4 * channels, hidden),
             nn.ReLU(),
-            nn.Linear(4096, 4096),
+            nn.Linear(hidden, hidden),
             nn.ReLU(),
-            nn.Linear(4096, self.EMBEDDING_DIM),
+            nn.Linear(hidden, embedding_dim),
             nn.ReLU(),
         )
 
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:
-        """``logmel [N, 1, 96, 64]`` -> embeddings ``[N, 128]``."""
+        """``logmel [N, 1, 96, 64]`` -> embeddings ``[N, embedding_dim]``."""
         if logmel.dim() != 4 or tuple(logmel.shape[1:]) != self.INPUT_SHAPE:
             raise ValueError(f"VGGish expects log-mel examples [N, {', '.join(map(str, self.INPUT_SHAPE))}] "
                              f"(runtime.audio.waveform_to_examples); got shape {list(logmel.shape)}")
@@ -64,13 +74,33 @@ class VGGish(nn.Module):
         return self.embeddings(x)
 
 
-@register_model("vggish")
-def vggish(**options) -> VGGish:
-    """The VGGish network (untrained weights; load ``vggish-10086976.pth`` with ``load_state_dict``).
+default_cfgs = register_pretrained_cfgs([
+    PretrainedCfg(name="vggish", family="vggish", task="audio-encoder", audio_encoder=None, output_kind="embedding",
+                  num_classes=128, class_names=(), palette=(), threshold=None, file="vggish-10086976.pth",
+                  url="https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth",
+                  license="Apache-2.0", origin_url="https://github.com/harritaylor/torchvggish",
+                  paper="doi:10.1109/ICASSP.2017.7952132"),
+    # Tiny random-weight variant for golden tests and selm-test's fast exports.
+    PretrainedCfg(name="vggish-test", family="vggish", task="audio-encoder", audio_encoder=None,
+                  output_kind="embedding", num_classes=128, class_names=(), palette=(), threshold=None),
+])
 
-    ``gumbel`` is accepted for a uniform ``create_model`` call and ignored (VGGish has no sampling).
-    """
-    options.pop("gumbel", None)
-    if options:
-        raise TypeError(f"vggish takes no options besides 'gumbel'; got {sorted(options)}")
-    return VGGish()
+
+def _create_vggish(name: str, **kwargs) -> VGGish:
+    unknown = sorted(set(kwargs) - {"layout", "hidden", "embedding_dim"})
+    if unknown:
+        raise TypeError(f"{name}: unknown option(s) {', '.join(unknown)}; VGGish takes layout, hidden, "
+                        f"embedding_dim")
+    return VGGish(**kwargs)
+
+
+@register_model("vggish")
+def vggish(**kwargs) -> VGGish:
+    """The VGGish network of torchvggish's ``vggish-10086976.pth``."""
+    return _create_vggish("vggish", **kwargs)
+
+
+@register_model("vggish-test")
+def vggish_test(**kwargs) -> VGGish:
+    model_args = dict(layout=(4, "M", 8, "M", 8, "M", 8, "M"), hidden=16, embedding_dim=128)
+    return _create_vggish("vggish-test", **dict(model_args, **kwargs))

@@ -19,14 +19,21 @@ from onnxscript import values
 import torch
 
 from export.ops import selective_scan as _op  # noqa: F401  (registers torch.ops.avs.selective_scan)
+from plugins.scan_contract import (DOMAIN, FLOAT32_INPUTS, INPUT_NAMES, OP_TYPE, OPSET_VERSION, OUTPUT_NAMES,
+                                   PLUGIN_VERSION, REQUIRED_INPUTS, node_attributes)
 
-DOMAIN = "avs"
-OP_TYPE = "SelectiveScan"
-PLUGIN_VERSION = "1"
+__all__ = ["DOMAIN", "OP_TYPE", "PLUGIN_VERSION", "INPUT_NAMES", "MAX_LOWERED_LENGTH", "register_onnx_schema",
+           "onnx_translation_table"]
+
 MAX_LOWERED_LENGTH = 64
-INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+_SHAPES = {"u": "(batch, D, L)", "delta": "(batch, D, L)", "A": "(D, N)", "B": "(batch, N, L) or (batch, G, N, L)",
+           "C": "(batch, N, L) or (batch, G, N, L)", "D": "(D,)", "z": "(batch, D, L)", "delta_bias": "(D,)",
+           "y": "(batch, D, L)"}
+_ATTRIBUTES = (("delta_softplus", "INT", "apply softplus to delta (+ delta_bias)"),
+               ("plugin_version", "STRING", "TensorRT plugin version"),
+               ("plugin_namespace", "STRING", "TensorRT plugin namespace"))
 
-_avs = values.Opset(DOMAIN, 1)
+_avs = values.Opset(DOMAIN, OPSET_VERSION)
 
 
 def _infer_output(ctx) -> None:
@@ -40,28 +47,16 @@ def register_onnx_schema() -> None:
         return
     param = defs.OpSchema.FormalParameter
     single, optional = defs.OpSchema.FormalParameterOption.Single, defs.OpSchema.FormalParameterOption.Optional
-    attr = defs.OpSchema.Attribute
-    kind = defs.OpSchema.AttrType
+    inputs = [param(name, "tensor(float)" if name in FLOAT32_INPUTS else "T", _SHAPES[name],
+                    param_option=single if i < REQUIRED_INPUTS else optional) for i, name in enumerate(INPUT_NAMES)]
     schema = defs.OpSchema(
-        OP_TYPE, DOMAIN, 1,
+        OP_TYPE, DOMAIN, OPSET_VERSION,
         doc="Mamba selective scan (mamba_ssm selective_scan_fn forward); contract: plugins/selective_scan/README.md",
-        inputs=[
-            param("u", "T", "(batch, D, L)", param_option=single),
-            param("delta", "T", "(batch, D, L)", param_option=single),
-            param("A", "tensor(float)", "(D, N)", param_option=single),
-            param("B", "T", "(batch, N, L) or (batch, G, N, L)", param_option=single),
-            param("C", "T", "(batch, N, L) or (batch, G, N, L)", param_option=single),
-            param("D", "tensor(float)", "(D,), optional", param_option=optional),
-            param("z", "T", "(batch, D, L), optional", param_option=optional),
-            param("delta_bias", "tensor(float)", "(D,), optional", param_option=optional),
-        ],
-        outputs=[param("y", "T", "(batch, D, L)", param_option=single)],
+        inputs=inputs,
+        outputs=[param(name, "T", _SHAPES[name], param_option=single) for name in OUTPUT_NAMES],
         type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "data tensors")],
-        attributes=[
-            attr("delta_softplus", kind.INT, "apply softplus to delta (+ delta_bias)", required=False),
-            attr("plugin_version", kind.STRING, "TensorRT plugin version", required=False),
-            attr("plugin_namespace", kind.STRING, "TensorRT plugin namespace", required=False),
-        ],
+        attributes=[defs.OpSchema.Attribute(name, getattr(defs.OpSchema.AttrType, kind), doc, required=False)
+                    for name, kind, doc in _ATTRIBUTES],
     )
     schema.set_type_and_shape_inference_function(_infer_output)
     defs.register_schema(schema)
@@ -82,8 +77,7 @@ def _plugin_node(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
     inputs = [u, delta, A, B, C, D, z, delta_bias]
     while inputs[-1] is None:
         inputs.pop()
-    return _avs.SelectiveScan(*inputs, delta_softplus=int(delta_softplus),
-                              plugin_version=PLUGIN_VERSION, plugin_namespace=DOMAIN)
+    return getattr(_avs, OP_TYPE)(*inputs, **node_attributes(delta_softplus))
 
 
 def _static_dims(value, name: str) -> list[int]:

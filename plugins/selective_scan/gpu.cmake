@@ -1,5 +1,6 @@
 # SelectiveScan's GPU side, included by CMakeLists.txt beside it (conventions documented there). Three parts:
-#   plugin_logic  libavs_scan_plugin_logic.so  the TensorRT plugin's TensorRT-free logic, C ABI; always built
+#   plugin_logic  libavs_scan_plugin_logic.so  the plugin's TensorRT-free logic and the contract, ctypes test ABI;
+#                                              always built
 #   scan_cuda     libavs_scan_cuda.so          avsSelectiveScanCuda(); built when nvcc is found
 #   trt_plugin    libavs_trt_plugins.so        the IPluginV3 plugin; built when nvcc and TensorRT are found
 # Options: -DCMAKE_CUDA_ARCHITECTURES="87;89;90" (the default: Jetson Orin, Ada, Hopper; each also embeds PTX),
@@ -19,11 +20,14 @@ endfunction()
 add_library(avs_scan_plugin_logic_objects OBJECT ${AVS_SCAN_DIR}/selectiveScanPluginLogic.cpp)
 target_include_directories(avs_scan_plugin_logic_objects PUBLIC ${AVS_SCAN_DIR})
 target_compile_options(avs_scan_plugin_logic_objects PRIVATE -Wall -Wextra)
-# Default visibility, so the C ABI can be exported; each library's version script hides everything else.
-set_target_properties(avs_scan_plugin_logic_objects PROPERTIES CXX_VISIBILITY_PRESET default)
 
-add_library(avs_scan_plugin_logic SHARED $<TARGET_OBJECTS:avs_scan_plugin_logic_objects>)
-_avs_export_only(avs_scan_plugin_logic "avsScanLogic*")
+# The test library: the logic, the contract and the ctypes ABI (selectiveScanTestAbi.cpp, which marks its own
+# symbols visible); the plugin library links the first two only.
+add_library(avs_scan_plugin_logic SHARED ${AVS_SCAN_DIR}/selectiveScanTestAbi.cpp
+    $<TARGET_OBJECTS:avs_scan_plugin_logic_objects> $<TARGET_OBJECTS:avs_scan_contract>)
+target_include_directories(avs_scan_plugin_logic PRIVATE ${AVS_SCAN_DIR})
+target_compile_options(avs_scan_plugin_logic PRIVATE -Wall -Wextra)
+_avs_export_only(avs_scan_plugin_logic "avsScanLogic*" "avsScanContract*")
 avs_report_part(plugin_logic built "" TARGET avs_scan_plugin_logic LABEL "TensorRT plugin logic")
 
 # --- scan_cuda: the kernel and its launcher ----------------------------------------------------------------------
@@ -87,6 +91,7 @@ else()
         ${AVS_SCAN_DIR}/selectiveScanPlugin.cpp
         ${AVS_SCAN_DIR}/selectiveScanPluginExports.cpp
         $<TARGET_OBJECTS:avs_scan_plugin_logic_objects>
+        $<TARGET_OBJECTS:avs_scan_contract>
         $<TARGET_OBJECTS:avs_scan_cuda_objects>)
     target_include_directories(avs_trt_plugins PRIVATE ${AVS_SCAN_DIR})
     target_include_directories(avs_trt_plugins SYSTEM PRIVATE ${AVS_TENSORRT_INCLUDE_DIR})

@@ -3,8 +3,9 @@
 // Three ops share the name, and ONNX Runtime merges them into one schema: the fp32 and the fp16 kernel (data tensors
 // u, delta, B, C, z, y in that type; A, D and delta_bias always fp32), tried first in that order, then a type guard
 // that accepts any types and fails session creation with a message naming the offending input. Optional inputs D, z
-// and delta_bias may be empty names anywhere in the input list. Every contract violation becomes an ORT status
-// naming the input and what it should be; no exception leaves this library.
+// and delta_bias may be empty names anywhere in the input list: inputs are read by position, the contract's one role
+// rule. Roles, shape rules and the kernel parameters come from selectiveScanContract.h; every violation becomes an
+// ORT status naming the input and what it should be; no exception leaves this library.
 //
 // NOTE: written on Ort::CustomOpBase, not the Lite API (onnxruntime_lite_custom_op.h). The Lite API derives the schema
 // from the compute signature, but its std::optional inputs only cover trailing omissions: an optional input left
@@ -19,14 +20,14 @@
 #include "onnxruntime_cxx_api.h"
 #undef ORT_API_MANUAL_INIT
 
+#include "selectiveScanContract.h"
 #include "selectiveScanCpu.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
-#include <limits>
 #include <mutex>
 #include <new>
-#include <sstream>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -37,128 +38,13 @@ namespace
 {
 
 constexpr uint32_t kORT_API = 17;
-constexpr char const* kDOMAIN = "avs";
-constexpr char const* kOP_NAME = "SelectiveScan";
-constexpr char const* kATTR_DELTA_SOFTPLUS = "delta_softplus";
 constexpr char const* kEXECUTION_PROVIDER = "CPUExecutionProvider";
-
-//! Input positions, in the contract's order.
-enum InputIndex : size_t
-{
-    kIN_U = 0,
-    kIN_DELTA,
-    kIN_A,
-    kIN_B,
-    kIN_C,
-    kIN_D,
-    kIN_Z,
-    kIN_DELTA_BIAS,
-    kNUM_INPUTS
-};
-constexpr char const* kINPUT_NAMES[kNUM_INPUTS] = {"u", "delta", "A", "B", "C", "D", "z", "delta_bias"};
-
-//! A, D and delta_bias are fp32 whatever the data type.
-constexpr bool isFloat32Input(size_t index)
-{
-    return index == kIN_A || index == kIN_D || index == kIN_DELTA_BIAS;
-}
-
-using Shape = std::vector<int64_t>;
-
-std::string toString(Shape const& shape)
-{
-    std::ostringstream out;
-    out << "[";
-    for (size_t i = 0; i < shape.size(); ++i)
-    {
-        out << (i == 0 ? "" : ", ") << shape[i];
-    }
-    out << "]";
-    return out.str();
-}
+constexpr size_t kNUM_INPUTS = kSCAN_NB_SLOTS;
+constexpr size_t kIN_U = static_cast<size_t>(ScanSlot::kU);
 
 Ort::Status invalid(std::string const& message)
 {
-    return Ort::Status(("SelectiveScan: " + message).c_str(), ORT_INVALID_ARGUMENT);
-}
-
-//! The sizes of a call, read from the input shapes.
-struct ScanShape
-{
-    int64_t batch{0};
-    int64_t dim{0};
-    int64_t seqlen{0};
-    int64_t dstate{0};
-    int64_t ngroups{1};
-};
-
-//! Checks every input shape against the contract (README.md); fills `out` on success.
-Ort::Status checkShapes(Shape const& u, Shape const& delta, Shape const& a, Shape const& b, Shape const& c,
-    Shape const* d, Shape const* z, Shape const* deltaBias, ScanShape& out)
-{
-    if (u.size() != 3)
-    {
-        return invalid("input 'u' must be (batch, D, L), got shape " + toString(u));
-    }
-    out.batch = u[0];
-    out.dim = u[1];
-    out.seqlen = u[2];
-    if (out.seqlen == 0)
-    {
-        return invalid("L = 0 (input 'u' has shape " + toString(u) + "); the scan needs at least one step");
-    }
-    if (out.batch == 0 || out.dim == 0)
-    {
-        return invalid("input 'u' has an empty batch or channel dimension: " + toString(u));
-    }
-    std::string const uShape = toString(u);
-    if (delta != u)
-    {
-        return invalid("input 'delta' must have u's shape " + uShape + ", got " + toString(delta));
-    }
-    if (a.size() != 2 || a[0] != out.dim || a[1] < 1)
-    {
-        return invalid("input 'A' must be (D=" + std::to_string(out.dim) + ", N), got shape " + toString(a));
-    }
-    out.dstate = a[1];
-    std::string const expectedB = "(batch=" + std::to_string(out.batch) + ", N=" + std::to_string(out.dstate)
-        + ", L=" + std::to_string(out.seqlen) + ") or (batch, G, N, L) with G dividing D=" + std::to_string(out.dim);
-    bool const ungrouped = b == Shape{out.batch, out.dstate, out.seqlen};
-    bool const grouped = b.size() == 4 && b[0] == out.batch && b[2] == out.dstate && b[3] == out.seqlen;
-    if (!ungrouped && !grouped)
-    {
-        return invalid("input 'B' must be " + expectedB + ", got shape " + toString(b));
-    }
-    out.ngroups = grouped ? b[1] : 1;
-    if (out.ngroups < 1 || out.dim % out.ngroups != 0)
-    {
-        return invalid("input 'B' has G=" + std::to_string(out.ngroups) + " groups, which does not divide D="
-            + std::to_string(out.dim) + "; expected " + expectedB);
-    }
-    if (c != b)
-    {
-        return invalid("input 'C' must have B's shape " + toString(b) + ", got " + toString(c));
-    }
-    Shape const perChannel{out.dim};
-    if (d != nullptr && *d != perChannel)
-    {
-        return invalid("input 'D' must be (D=" + std::to_string(out.dim) + ",), got shape " + toString(*d));
-    }
-    if (z != nullptr && *z != u)
-    {
-        return invalid("input 'z' must have u's shape " + uShape + ", got " + toString(*z));
-    }
-    if (deltaBias != nullptr && *deltaBias != perChannel)
-    {
-        return invalid(
-            "input 'delta_bias' must be (D=" + std::to_string(out.dim) + ",), got shape " + toString(*deltaBias));
-    }
-    int64_t const kMax = std::numeric_limits<int32_t>::max();
-    if (out.batch > kMax || out.dim > kMax || out.seqlen > kMax || out.dstate > kMax)
-    {
-        return invalid("input 'u' " + uShape + " or 'A' " + toString(a) + " has a dimension above 2^31 - 1");
-    }
-    return Ort::Status{nullptr};
+    return Ort::Status(message.c_str(), ORT_INVALID_ARGUMENT);
 }
 
 //! onnxruntime before 1.24 crashes building the shape-inference context of a node with an omitted optional input
@@ -208,55 +94,49 @@ struct SelectiveScanKernel
         }
     }
 
+    //! Reads the inputs by position (an empty name is a null value), then lets the contract check and fill.
     Ort::Status compute(Ort::KernelContext context) const
     {
-        size_t const count = context.GetInputCount();
+        size_t const count = std::min(context.GetInputCount(), kNUM_INPUTS);
         Ort::ConstValue inputs[kNUM_INPUTS];
-        Shape shapes[kNUM_INPUTS];
-        for (size_t i = 0; i < kNUM_INPUTS; ++i)
+        bool present[kNUM_INPUTS]{};
+        void const* buffers[kNUM_INPUTS]{};
+        ScanTensorDims dims[kNUM_INPUTS];
+        for (size_t i = 0; i < count; ++i)
         {
-            inputs[i] = i < count ? context.GetInput(i) : Ort::ConstValue{nullptr};
-            if (inputs[i] != nullptr)
+            inputs[i] = context.GetInput(i);
+            present[i] = inputs[i] != nullptr;
+            if (!present[i])
             {
-                shapes[i] = inputs[i].GetTensorTypeAndShapeInfo().GetShape();
+                continue;
             }
-            else if (i < kIN_D)
+            std::vector<int64_t> const shape = inputs[i].GetTensorTypeAndShapeInfo().GetShape();
+            if (shape.size() > static_cast<size_t>(kSCAN_MAX_RANK))
             {
-                return invalid(std::string("input '") + kINPUT_NAMES[i] + "' is required");
+                return invalid(std::string("SelectiveScan: input '") + kSCAN_INPUT_NAMES[i] + "' has rank "
+                    + std::to_string(shape.size()) + "; no input has more than 4 dimensions");
             }
+            dims[i].nbDims = static_cast<int32_t>(shape.size());
+            std::copy(shape.begin(), shape.end(), dims[i].d.begin());
+            buffers[i] = inputs[i].GetTensorRawData();
         }
-        auto optionalShape = [&](size_t i) { return inputs[i] != nullptr ? &shapes[i] : nullptr; };
-        ScanShape shape;
-        Ort::Status status = checkShapes(shapes[kIN_U], shapes[kIN_DELTA], shapes[kIN_A], shapes[kIN_B],
-            shapes[kIN_C], optionalShape(kIN_D), optionalShape(kIN_Z), optionalShape(kIN_DELTA_BIAS), shape);
-        if (!status.IsOK())
-        {
-            return status;
-        }
-
-        auto data = [&](size_t i) -> void const* {
-            return inputs[i] != nullptr ? inputs[i].GetTensorRawData() : nullptr;
-        };
+        ScanInputRoles roles;
+        ScanSizes sizes;
         SelectiveScanParams params;
-        params.batch = static_cast<int32_t>(shape.batch);
-        params.dim = static_cast<int32_t>(shape.dim);
-        params.seqlen = static_cast<int32_t>(shape.seqlen);
-        params.dstate = static_cast<int32_t>(shape.dstate);
-        params.ngroups = static_cast<int32_t>(shape.ngroups);
-        params.deltaSoftplus = mDeltaSoftplus;
-        params.dataType = std::is_same<T, float>::value ? ScanDataType::kFLOAT32 : ScanDataType::kFLOAT16;
-        params.u = data(kIN_U);
-        params.delta = data(kIN_DELTA);
-        params.A = static_cast<float const*>(data(kIN_A));
-        params.B = data(kIN_B);
-        params.C = data(kIN_C);
-        params.D = static_cast<float const*>(data(kIN_D));
-        params.z = data(kIN_Z);
-        params.deltaBias = static_cast<float const*>(data(kIN_DELTA_BIAS));
-        params.y = context.GetOutput(0, shapes[kIN_U]).GetTensorMutableData<T>();
+        ScanDataType const dataType = std::is_same<T, float>::value ? ScanDataType::kFLOAT32 : ScanDataType::kFLOAT16;
+        for (std::string const& message : {resolveScanInputs(static_cast<int32_t>(count), present, roles),
+                 checkScanInputShapes(roles, dims, sizes), fillScanParams(sizes, dataType, mDeltaSoftplus, params)})
+        {
+            if (!message.empty())
+            {
+                return invalid(message);
+            }
+        }
+        std::vector<int64_t> const yShape(dims[kIN_U].d.begin(), dims[kIN_U].d.begin() + dims[kIN_U].nbDims);
+        bindScanBuffers(roles, buffers, context.GetOutput(0, yShape).GetTensorMutableData<T>(), params);
         if (char const* problem = validateSelectiveScanParams(params))
         {
-            return Ort::Status(problem, ORT_INVALID_ARGUMENT);
+            return invalid(problem);
         }
         if (selectiveScanCpu(params, 0) != kSCAN_CPU_SUCCESS)
         {
@@ -279,7 +159,7 @@ struct SelectiveScanOpBase : Ort::CustomOpBase<TOp, TKernel, /*WithStatus=*/true
 
     char const* GetName() const noexcept
     {
-        return kOP_NAME;
+        return kSCAN_OP_NAME;
     }
 
     char const* GetExecutionProviderType() const noexcept
@@ -294,7 +174,7 @@ struct SelectiveScanOpBase : Ort::CustomOpBase<TOp, TKernel, /*WithStatus=*/true
 
     OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const noexcept
     {
-        return index >= kIN_D ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+        return index >= static_cast<size_t>(kSCAN_NB_REQUIRED_INPUTS) ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
     }
 
     size_t GetOutputTypeCount() const noexcept
@@ -314,13 +194,13 @@ struct SelectiveScanOp : SelectiveScanOpBase<SelectiveScanOp<T>, SelectiveScanKe
     //! Reads delta_softplus (INT, default 0; plugin_version and plugin_namespace are accepted and ignored).
     OrtStatusPtr CreateKernelV2(OrtApi const& api, OrtKernelInfo const* info, void** kernel) const noexcept
     {
-        int64_t value = 0;
-        if (OrtStatus* status = api.KernelInfoGetAttribute_int64(info, kATTR_DELTA_SOFTPLUS, &value))
+        int64_t value = kSCAN_DELTA_SOFTPLUS_DEFAULT;
+        if (OrtStatus* status = api.KernelInfoGetAttribute_int64(info, kSCAN_ATTR_DELTA_SOFTPLUS, &value))
         {
             api.ReleaseStatus(status);
-            value = 0;
+            value = kSCAN_DELTA_SOFTPLUS_DEFAULT;
             float asFloat = 0.0F;
-            if (OrtStatus* other = api.KernelInfoGetAttribute_float(info, kATTR_DELTA_SOFTPLUS, &asFloat))
+            if (OrtStatus* other = api.KernelInfoGetAttribute_float(info, kSCAN_ATTR_DELTA_SOFTPLUS, &asFloat))
             {
                 api.ReleaseStatus(other); // absent: the default
             }
@@ -330,11 +210,17 @@ struct SelectiveScanOp : SelectiveScanOpBase<SelectiveScanOp<T>, SelectiveScanKe
                     "SelectiveScan: attribute 'delta_softplus' must be an INT (0 or 1), got a FLOAT");
             }
         }
-        if (value != 0 && value != 1)
+        try
         {
-            std::string const message
-                = "SelectiveScan: attribute 'delta_softplus' must be 0 or 1, got " + std::to_string(value);
-            return api.CreateStatus(ORT_INVALID_ARGUMENT, message.c_str());
+            std::string const message = checkScanDeltaSoftplus(value);
+            if (!message.empty())
+            {
+                return api.CreateStatus(ORT_INVALID_ARGUMENT, message.c_str());
+            }
+        }
+        catch (std::exception const& e)
+        {
+            return api.CreateStatus(ORT_FAIL, e.what());
         }
         *kernel = new (std::nothrow) SelectiveScanKernel<T>(value == 1);
         return *kernel != nullptr ? nullptr : api.CreateStatus(ORT_FAIL, "SelectiveScan: out of memory");
@@ -342,7 +228,7 @@ struct SelectiveScanOp : SelectiveScanOpBase<SelectiveScanOp<T>, SelectiveScanKe
 
     ONNXTensorElementDataType GetInputType(size_t index) const noexcept
     {
-        return isFloat32Input(index) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : kDATA_TYPE;
+        return scanSlotIsFloat32(static_cast<int32_t>(index)) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : kDATA_TYPE;
     }
 
     ONNXTensorElementDataType GetOutputType(size_t /*index*/) const noexcept
@@ -413,17 +299,17 @@ struct SelectiveScanTypeGuard : SelectiveScanOpBase<SelectiveScanTypeGuard, Reje
             {
                 message = std::string("input 'u' is ") + elementTypeName(dataType) + "; expected float32 or float16";
             }
-            for (size_t i = kIN_DELTA; i < kNUM_INPUTS && message.empty(); ++i)
+            for (size_t i = kIN_U + 1; i < kNUM_INPUTS && message.empty(); ++i)
             {
                 ONNXTensorElementDataType const type = inputElementType(api, info, i);
-                ONNXTensorElementDataType const expected
-                    = isFloat32Input(i) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : dataType;
+                bool const float32 = scanSlotIsFloat32(static_cast<int32_t>(i));
+                ONNXTensorElementDataType const expected = float32 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : dataType;
                 if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED && type != expected)
                 {
-                    char const* rule = isFloat32Input(i) ? " (A, D and delta_bias are always float32)"
-                                                         : " like u (u, delta, B, C and z share one type)";
-                    message = std::string("input '") + kINPUT_NAMES[i] + "' is " + elementTypeName(type) + "; expected "
-                        + elementTypeName(expected) + rule;
+                    char const* rule = float32 ? " (A, D and delta_bias are always float32)"
+                                               : " like u (u, delta, B, C and z share one type)";
+                    message = std::string("input '") + kSCAN_INPUT_NAMES[i] + "' is " + elementTypeName(type)
+                        + "; expected " + elementTypeName(expected) + rule;
                 }
             }
             if (message.empty())
@@ -490,7 +376,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL Regist
     {
         Ort::InitApi(api);
         static avs::Registry* const sRegistry = new avs::Registry(avs::infersShapesSafely(apiBase->GetVersionString()));
-        Ort::CustomOpDomain domain{avs::kDOMAIN};
+        Ort::CustomOpDomain domain{avs::kSCAN_DOMAIN};
         domain.Add(&sRegistry->mFloatOp);
         domain.Add(&sRegistry->mHalfOp);
         domain.Add(&sRegistry->mTypeGuard);

@@ -6,7 +6,6 @@
 
 #include <cuda_runtime_api.h>
 
-#include <algorithm>
 #include <atomic>
 #include <exception>
 #include <iostream>
@@ -80,19 +79,22 @@ ScanTensorDims toScanDims(nvinfer1::DimsExprs const& dims)
     return out;
 }
 
-//! Roles of the inputs and their checked dims, from any TensorRT description of them.
+//! Roles of the inputs (the contract's positional rule) and their checked dims, from any TensorRT description.
 template <typename Desc, typename GetDims>
 std::string resolveAndCheck(
     Desc const* descs, int32_t nbInputs, GetDims getDims, ScanInputRoles& roles, ScanTensorDims (&dims)[kSCAN_NB_SLOTS])
 {
-    int32_t ranks[kSCAN_NB_SLOTS]{};
-    for (int32_t i = 0; i < std::min(nbInputs, kSCAN_NB_SLOTS); ++i)
+    std::string message = resolvePluginInputs(nbInputs, roles);
+    if (!message.empty())
+    {
+        return message;
+    }
+    for (int32_t i = 0; i < nbInputs; ++i)
     {
         dims[i] = toScanDims(getDims(descs[i]));
-        ranks[i] = dims[i].nbDims;
     }
-    std::string message = resolveScanInputRoles(nbInputs, ranks, roles);
-    return message.empty() ? checkScanShapes(roles, dims) : message;
+    ScanSizes sizes;
+    return checkScanShapes(roles, dims, sizes);
 }
 
 } // namespace
@@ -140,7 +142,7 @@ nvinfer1::IPluginV3* SelectiveScanPlugin::clone() noexcept
 
 char const* SelectiveScanPlugin::getPluginName() const noexcept
 {
-    return kSCAN_PLUGIN_NAME;
+    return kSCAN_OP_NAME;
 }
 
 char const* SelectiveScanPlugin::getPluginVersion() const noexcept
@@ -236,16 +238,14 @@ bool SelectiveScanPlugin::supportsFormatCombination(
             return false;
         }
         // Only positions 0..pos hold decided values; the logic reads no further.
-        int32_t ranks[kSCAN_NB_SLOTS + kSCAN_NB_OUTPUTS]{};
         int32_t types[kSCAN_NB_SLOTS + kSCAN_NB_OUTPUTS]{};
         int32_t formats[kSCAN_NB_SLOTS + kSCAN_NB_OUTPUTS]{};
         for (int32_t i = 0; i <= pos; ++i)
         {
-            ranks[i] = inOut[i].desc.dims.nbDims;
             types[i] = static_cast<int32_t>(inOut[i].desc.type);
             formats[i] = static_cast<int32_t>(inOut[i].desc.format);
         }
-        return scanSupportsFormat(pos, nbInputs, nbOutputs, ranks, types, formats);
+        return scanSupportsFormat(pos, nbInputs, nbOutputs, types, formats);
     }
     catch (std::exception const& e)
     {
@@ -335,14 +335,14 @@ nvinfer1::PluginFieldCollection const* SelectiveScanPlugin::getFieldsToSerialize
 
 SelectiveScanPluginCreator::SelectiveScanPluginCreator()
 {
-    mFieldNames[0] = nvinfer1::PluginField(kSCAN_FIELD_DELTA_SOFTPLUS, nullptr, nvinfer1::PluginFieldType::kINT32, 1);
+    mFieldNames[0] = nvinfer1::PluginField(kSCAN_ATTR_DELTA_SOFTPLUS, nullptr, nvinfer1::PluginFieldType::kINT32, 1);
     mFieldCollection.nbFields = 1;
     mFieldCollection.fields = mFieldNames;
 }
 
 char const* SelectiveScanPluginCreator::getPluginName() const noexcept
 {
-    return kSCAN_PLUGIN_NAME;
+    return kSCAN_OP_NAME;
 }
 
 char const* SelectiveScanPluginCreator::getPluginVersion() const noexcept

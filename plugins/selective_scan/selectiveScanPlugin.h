@@ -1,5 +1,6 @@
 // SelectiveScan as a TensorRT IPluginV3 (TensorRT 10.x: JetPack 6's 10.3 and desktop releases) and its creator.
-// A thin adapter: decisions live in selectiveScanPluginLogic.h, the math behind avsSelectiveScanCuda().
+// A thin adapter: roles, shapes and parameters come from selectiveScanContract.h, format and kernel-limit decisions
+// from selectiveScanPluginLogic.h, the math from avsSelectiveScanCuda().
 // Op contract: README.md beside this file.
 #ifndef AVS_SELECTIVE_SCAN_PLUGIN_H
 #define AVS_SELECTIVE_SCAN_PLUGIN_H

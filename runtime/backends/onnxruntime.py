@@ -18,12 +18,12 @@ from typing import Optional, Sequence
 import numpy as np
 import onnxruntime as ort
 
+from plugins.scan_contract import DOMAIN as CUSTOM_DOMAIN
 from runtime.backends import BackendError, check_feeds
-from runtime.manifest import GraphSpec, Manifest
+from runtime.manifest import GraphSpec, Manifest, ManifestError
 
 __all__ = ["CUSTOM_DOMAIN", "onnx_opset_domains", "choose_providers", "OrtRunner", "OnnxRuntimeBackend"]
 
-CUSTOM_DOMAIN = "avs"
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _MODEL_OPSET_IMPORT = 8  # ModelProto.opset_import
 _OPSET_DOMAIN, _OPSET_VERSION = 1, 2  # OperatorSetIdProto fields
@@ -102,6 +102,34 @@ def _custom_op_library() -> str:
                            f"available: {exc}") from None
 
 
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+
+
+def check_declared_tensors(spec: GraphSpec, session, file: str) -> None:
+    """The manifest's inputs and outputs must be the loaded graph's (names, dtypes, static dims), or
+    :class:`ManifestError`: a mismatch is a broken artifact, found before warm-up rather than mid-run."""
+    problems = []
+    for kind, declared, actual in (("input", spec.inputs, session.get_inputs()),
+                                   ("output", spec.outputs, session.get_outputs())):
+        graph = {a.name: a for a in actual}
+        if sorted(graph) != sorted(t.name for t in declared):
+            problems.append(f"{kind}s are {sorted(graph)}, the manifest declares {sorted(t.name for t in declared)}")
+            continue
+        for tensor in declared:
+            real = graph[tensor.name]
+            dtype = _ORT_DTYPES.get(real.type, real.type)
+            dims = list(real.shape)
+            fixed = len(dims) == len(tensor.shape) and all(
+                not isinstance(d, int) or not isinstance(r, int) or d == r for d, r in zip(tensor.shape, dims))
+            if dtype != tensor.dtype or not fixed:
+                problems.append(f"{kind} {tensor.name!r} is {dtype} {dims}, the manifest declares "
+                                f"{tensor.dtype} {tensor.shape}")
+    if problems:
+        raise ManifestError(f"{file} does not match its manifest entry ({spec.role} graph): " + "; ".join(problems)
+                            + "; re-export the artifact with python -m export.build_engine")
+
+
 class OrtRunner:
     """One graph in an InferenceSession."""
 
@@ -122,6 +150,7 @@ class OrtRunner:
             self.session = ort.InferenceSession(str(path), options, providers=chosen, provider_options=provider_args)
         except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own exception types)
             raise BackendError(f"ONNX Runtime cannot load {path.name}: {_ort_message(exc)}") from None
+        check_declared_tensors(spec, self.session, path.name)
         self.providers = self.session.get_providers()
         self.uses_custom_ops = custom
         self._outputs = [o.name for o in self.session.get_outputs()]

@@ -2,8 +2,8 @@
 
 Engines are the plain plans ``python -m export.build_engine`` writes, each with a sidecar key (graph, TensorRT
 version, GPU, compute capability, precision, plugin library). :func:`engines_for_this_machine` accepts them only
-when that key matches this machine (``export.engine``'s torch-free cache logic decides, so builder and runtime
-agree), else it says what differs. Device memory and the stream come from cuda-python (``cuda.bindings``), or
+when that key matches this machine (:mod:`runtime.engine_cache` decides, for the builder too, so both agree),
+else it says what differs. Device memory and the stream come from cuda-python (``cuda.bindings``), or
 from pycuda when only that is installed.
 
 Where no GPU exists (CI) this module is compiled, not executed: its host logic (engine matching, tensor tables,
@@ -19,6 +19,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from runtime.backends import BackendError, check_feeds
+from runtime.engine_cache import EngineCache, EngineKey, graph_sha256, import_tensorrt, tensorrt_version
+from runtime.gpu import probe_gpu
+from runtime.integrity import file_sha256
 from runtime.manifest import EngineRecord, GraphSpec, Manifest
 
 __all__ = ["TensorInfo", "tensor_table", "engines_for_this_machine", "CudaApi", "TrtRunner", "TensorRTBackend"]
@@ -68,9 +71,6 @@ def engines_for_this_machine(artifact_dir: Path, manifest: Manifest, roles: Sequ
     missing = [role for role in roles if role not in records]
     if missing:
         return None, f"the artifact has no engine for the {', '.join(missing)} graph(s)"
-    from export.engine import (EngineCache, EngineKey, file_sha256, graph_sha256, import_tensorrt, probe_gpu,
-                               tensorrt_version)
-
     trt, why = import_tensorrt()
     if trt is None:
         return None, why
@@ -195,17 +195,15 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, artifact_dir: Path, manifest: Manifest, engines: dict[str, EngineRecord]):
-        from export.engine import import_tensorrt, make_logger, probe_gpu, tensorrt_version
-
         trt, why = import_tensorrt()
         if trt is None:
             raise BackendError(why)
-        logger = make_logger(trt)
+        self._logger = trt.Logger(trt.Logger.WARNING)   # prints TensorRT's own warnings and errors; kept alive
         plugin = manifest.engine.plugin_library
         if plugin and trt.get_plugin_registry().load_library(str(Path(artifact_dir) / plugin)) is None:
             raise BackendError(f"TensorRT could not load the plugin library {plugin} shipped with the artifact")
         self._cuda = CudaApi()
-        runtime = trt.Runtime(logger)
+        runtime = trt.Runtime(self._logger)
         self._runners = {role: TrtRunner(trt, runtime, (Path(artifact_dir) / record.file).read_bytes(),
                                          manifest.graph(role), self._cuda)
                          for role, record in engines.items()}

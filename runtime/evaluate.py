@@ -1,0 +1,158 @@
+"""Evaluation on AVSBench as the papers do it: any predictor, the official readers, the official metrics.
+
+A *predictor* maps a :class:`runtime.datasets.avsbench.Clip` to its real frames' scores: binary tasks give sigmoid
+probabilities ``[frames, h, w]``, AVSS gives class labels ``[frames, h, w]``. Scores not at the 224 x 224 of the
+masks are resized to it (bilinear probabilities, nearest labels). :func:`evaluate` runs one over a split and
+returns the report ``avs-eval`` prints and writes; :func:`segmenter_predictor` is the artifact (through
+``Segmenter.segment_log_mel``, the live code path), :func:`saved_predictor` reads saved maps (``--predictions``).
+
+Saved prediction format (``--predictions DIR``; ``--save-masks DIR`` writes PNGs in it): ``DIR/<clip>/<i>.npy``
+or ``DIR/<clip>/<i>.png`` for frame i = 0, 1, ... of each clip (its real frames). Binary: ``.npy`` float
+probabilities in [0, 1], ``.png`` grey levels read as value / 255 (0/255 masks give M_F on binary maps). AVSS:
+``.npy`` integer class indices, ``.png`` colour maps in the AVSBench palette (as the official ``save_color_mask``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import cv2
+import numpy as np
+
+from runtime.datasets.avsbench import AVSS_FRAMES, MASK_SIZE, AVSBench, Clip, DatasetError, avss_palette
+from runtime.metrics import OFFICIAL_CLIPS_PER_BATCH, BinaryMeter, SemanticMeter
+
+__all__ = ["Predictor", "evaluate", "segmenter_predictor", "saved_predictor", "save_prediction", "format_table"]
+
+Predictor = Callable[[Clip], np.ndarray]
+
+
+def _to_mask_size(scores: np.ndarray, binary: bool) -> np.ndarray:
+    if scores.shape[-2:] == (MASK_SIZE, MASK_SIZE):
+        return scores
+    if binary:
+        return np.stack([cv2.resize(s.astype(np.float32), (MASK_SIZE, MASK_SIZE), interpolation=cv2.INTER_LINEAR)
+                         for s in scores])
+    return np.stack([cv2.resize(s.astype(np.int32), (MASK_SIZE, MASK_SIZE), interpolation=cv2.INTER_NEAREST_EXACT)
+                     for s in scores]).astype(np.int64)
+
+
+def segmenter_predictor(segmenter) -> Predictor:
+    """The artifact behind a ``runtime.Segmenter``: each clip through ``segment_log_mel`` (the live code path)."""
+
+    def predict(clip: Clip) -> np.ndarray:
+        results = segmenter.segment_log_mel(clip.frames, clip.log_mel)
+        if segmenter.binary:
+            return np.stack([r.probabilities for r in results])
+        return np.stack([r.probabilities.argmax(axis=0) for r in results])
+
+    return predict
+
+
+def saved_predictor(directory: Path, binary: bool, palette: Optional[np.ndarray] = None) -> Predictor:
+    """Read saved maps (see the module docstring); a missing or unreadable file raises DatasetError naming it."""
+    directory = Path(directory)
+    keys = None if palette is None else (palette[:, 0] << 16) | (palette[:, 1] << 8) | palette[:, 2]
+
+    def one(path_stem: Path) -> np.ndarray:
+        npy, png = path_stem.with_suffix(".npy"), path_stem.with_suffix(".png")
+        if npy.is_file():
+            try:
+                value = np.load(npy, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise DatasetError(f"cannot read prediction {npy}: {exc}") from None
+            if value.ndim != 2:
+                raise DatasetError(f"prediction {npy} has shape {list(value.shape)}, expected [H, W]")
+            return value.astype(np.float32) if binary else value.astype(np.int64)
+        if not png.is_file():
+            raise DatasetError(f"missing prediction {npy} (or {png.name})")
+        image = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE if binary else cv2.IMREAD_COLOR)
+        if image is None:
+            raise DatasetError(f"cannot decode prediction {png}")
+        if binary:
+            return image.astype(np.float32) / 255.0
+        rgb = image[:, :, ::-1].astype(np.int64)
+        code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        lookup = {int(k): i for i, k in enumerate(keys)}
+        unknown = set(np.unique(code).tolist()) - set(lookup)
+        if unknown:
+            raise DatasetError(f"prediction {png} has colours outside the AVSBench palette "
+                               f"(e.g. #{min(unknown):06x}); save class maps as .npy instead")
+        return np.vectorize(lookup.__getitem__, otypes=[np.int64])(code)
+
+    def predict(clip: Clip) -> np.ndarray:
+        return np.stack([one(directory / clip.name / str(i)) for i in range(clip.num_frames)])
+
+    return predict
+
+
+def save_prediction(directory: Path, clip: Clip, scores: np.ndarray, binary: bool,
+                    palette: Optional[np.ndarray] = None) -> None:
+    """Write a clip's masks as PNGs: binary 0/255 (prob > 0.5), AVSS colour maps in the AVSBench palette."""
+    out = Path(directory) / clip.name
+    out.mkdir(parents=True, exist_ok=True)
+    for i, s in enumerate(scores):
+        image = ((s > 0.5) * 255).astype(np.uint8) if binary else palette[s].astype(np.uint8)[:, :, ::-1]
+        if not cv2.imwrite(str(out / f"{i}.png"), image):
+            raise OSError(f"cannot write {out / f'{i}.png'}")
+
+
+def evaluate(data: AVSBench, predict: Predictor, *, limit: Optional[int] = None, save_masks: Optional[Path] = None,
+             clips_per_batch: Optional[int] = None, progress: bool = True) -> dict:
+    """Score ``predict`` on ``data``: ``{"metrics": {...}, "clips": [...], "seconds", "clips_per_second"}``.
+
+    ``clips_per_batch`` groups clips for the official figures (default: the official test batch size).
+    """
+    from tqdm import tqdm
+
+    binary = data.task != "avss"
+    batch = clips_per_batch or OFFICIAL_CLIPS_PER_BATCH[data.task]
+    meter = BinaryMeter(batch) if binary else SemanticMeter(len(data.class_names))
+    palette = None if binary else avss_palette(len(data.class_names))
+    count = len(data) if limit is None else min(limit, len(data))
+    if count == 0:
+        raise DatasetError(f"{data.root}: the {data.split} split has no clips")
+    clips, start = [], time.perf_counter()
+    bar = tqdm(range(count), desc=f"{data.task} {data.split}", unit="clip", disable=not progress)
+    for index in bar:
+        clip = data[index]
+        scores = np.asarray(predict(clip))
+        if scores.ndim != 3 or len(scores) != clip.num_frames:
+            raise ValueError(f"the predictor gave {list(scores.shape)} for clip {clip.name}; expected "
+                             f"[{clip.num_frames}, H, W]")
+        scores = _to_mask_size(scores, binary)
+        if save_masks is not None:
+            save_prediction(save_masks, clip, scores, binary, palette)
+        if binary:
+            own = meter.add_clip(scores[:len(clip.masks)], clip.masks)
+            own.pop("frame_iou")
+        else:
+            n = clip.num_frames
+            own = meter.add_clip(scores, clip.masks[:n], padded=AVSS_FRAMES - n)
+        clips.append({"name": clip.name, "category": clip.category, **own})
+        bar.set_postfix_str(f"M_J {meter.running_mj:.4f}")
+    seconds = time.perf_counter() - start
+    return {"task": data.task, "split": data.split, "clips_evaluated": count, "clips_in_split": len(data),
+            "metrics": meter.result(), "clips": clips, "seconds": seconds,
+            "clips_per_second": count / seconds if seconds > 0 else math.inf}
+
+
+def format_table(report: dict) -> str:
+    """The metrics as a small text table (percent, as the papers print them)."""
+    m = report["metrics"]
+    off, per = m["official"], m["per_frame"]
+    if report["task"] == "avss":
+        official = f"official (all 10 slots, {off['padded_frames']} padded frames scored)"
+        variant = "valid frames only"
+    else:
+        official = f"official ({off['clips_per_batch']} clips per batch, {off['batches']} batches)"
+        variant = "per frame (no batches)"
+    width = max(len(official), len(variant))
+    lines = [f"{report['task'].upper()} {report['split']}: {report['clips_evaluated']} of "
+             f"{report['clips_in_split']} clips",
+             f"{'protocol':<{width}}  {'M_J':>6}  {'M_F':>6}"]
+    for label, row in ((official, off), (variant, per)):
+        lines.append(f"{label:<{width}}  {100 * row['M_J']:6.2f}  {100 * row['M_F']:6.2f}")
+    return "\n".join(lines)
