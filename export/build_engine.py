@@ -199,6 +199,24 @@ def check_readable(path: Path, what: str) -> Path:
     return path
 
 
+def default_weights(name: str, checkpoint: Optional[Path], vggish: Optional[Path]
+                    ) -> tuple[Optional[Path], Optional[Path]]:
+    """The weights to load: the given ones, else the variant's (and its audio encoder's) shipped ones, if any."""
+    from export.models import pretrained_cfg
+
+    cfg = pretrained_cfg(name)
+    chosen = []
+    for given, owner in ((checkpoint, cfg), (vggish, pretrained_cfg(cfg.audio_encoder))):
+        shipped = owner.bundled_path
+        if given is None and shipped is not None:
+            if not shipped.is_file():
+                raise UserError(f"{owner.name}'s shipped weights {shipped} are missing; make them with "
+                                f"python -m export.train_demo --ship, or pass the weights to use")
+            given = shipped
+        chosen.append(given)
+    return chosen[0], chosen[1]
+
+
 def load_models(name: str, checkpoint: Optional[Path], vggish: Optional[Path], gumbel: str, say):
     """The variant and its audio encoder, eval mode; unreadable or mismatched checkpoints raise :class:`UserError`."""
     from export.models import create_model, pretrained_cfg
@@ -439,6 +457,7 @@ def build_artifact(model: str, out: Path, *, checkpoint: Optional[Path] = None, 
     args = build_options(build_parser(), options)
     name = resolve_model_name(model)
     cfg = pretrained_cfg(name)
+    checkpoint, vggish = default_weights(name, checkpoint, vggish)
     checkpoint = check_readable(Path(checkpoint), "--checkpoint") if checkpoint else None
     vggish = check_readable(Path(vggish), "--vggish") if vggish else None
     opset = check_numbers(args)

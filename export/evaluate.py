@@ -28,8 +28,10 @@ from runtime.evaluate import Predictor, evaluate, format_table
 __all__ = ["torch_predictor", "load_for_eval", "main"]
 
 
-def torch_predictor(model: torch.nn.Module, vggish: torch.nn.Module) -> Predictor:
-    """A predictor running ``model`` (eval mode) on whole clips: probabilities (binary) or labels (semantic)."""
+def torch_predictor(model: torch.nn.Module, vggish: torch.nn.Module, device: Optional[torch.device] = None
+                    ) -> Predictor:
+    """A predictor running ``model`` (eval mode, on ``device``; default CPU) on whole clips: probabilities
+    (binary) or labels (semantic)."""
     cfg = model.cfg
     mean, std = model.pretrained_cfg.mean, model.pretrained_cfg.std
 
@@ -39,14 +41,14 @@ def torch_predictor(model: torch.nn.Module, vggish: torch.nn.Module) -> Predicto
         frames = torch.zeros((t, 3, cfg.resolution, cfg.resolution))
         frames[:n] = torch.from_numpy(normalize_frames(clip.frames, mean, std))
         log_mel = torch.from_numpy(np.ascontiguousarray(clip.log_mel[:t]))
-        embed = vggish(log_mel)
+        frames, embed = frames.to(device), vggish(log_mel.to(device))
         valid = None
         if cfg.setting == "avss":
-            valid = torch.from_numpy(np.arange(t) < n)
+            valid = torch.from_numpy(np.arange(t) < n).to(device)
             embed = embed * valid.float().unsqueeze(1)
         elif n != t:
             raise DatasetError(f"clip {clip.name} has {n} frames; {cfg.name} takes {t}")
-        logits = model(frames, embed, valid)[:n]
+        logits = model(frames, embed, valid)[:n].cpu()
         if cfg.num_classes == 1:
             return torch.sigmoid(logits[:, 0]).numpy()
         return logits.argmax(dim=1).numpy()

@@ -8,9 +8,10 @@ run instead.
 from __future__ import annotations
 
 import importlib.metadata
-import os
 from pathlib import Path
 from typing import Callable
+
+from runtime.integrity import cache_dir
 
 __all__ = ["ArtifactError", "BuilderMissing", "demo_cache_dir", "ensure_artifacts", "find_builder"]
 
@@ -29,7 +30,7 @@ class BuilderMissing(ArtifactError):
 def demo_cache_dir() -> Path:
     """Where ``avs-stream --demo`` keeps its artifact and clip: ``$AVS_EDGE_CACHE/demo`` or
     ``~/.cache/avs-edge/demo``."""
-    return Path(os.environ.get("AVS_EDGE_CACHE", Path.home() / ".cache" / "avs-edge")) / "demo"
+    return cache_dir() / "demo"
 
 
 def _build_command(model: str, directory: Path) -> str:

@@ -24,9 +24,10 @@ from runtime.builder import ArtifactError, demo_cache_dir, ensure_artifacts
 
 __all__ = ["ExitCode", "UserError", "build_parser", "main", "run", "demo_cache_dir", "ensure_artifacts"]
 
-DEMO_MODEL = "selm-s4-r50"
+DEMO_MODEL = "selm-s4-demo"
 DEMO_OUTPUT = Path("avs-demo.mp4")
-DEMO_CLIP = "demo-clip.mp4"
+DEMO_CLIP = "demo-synth-clip.mp4"
+DEMO_SEED = 3  # avs-synth's demo clip; the demo model's data used seeds 1 (training) and 7 (test)
 LIVE_AUDIO_WAIT = 0.25  # seconds a live frame waits for its audio
 FORCE_QUIT = 130  # exit status after the third interrupt (128 + SIGINT)
 
@@ -285,7 +286,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print, stats: Opt
     from runtime.manifest import ManifestError, load_manifest
 
     if args.demo:
-        from runtime.demo_clip import make_clip
+        from runtime.datasets.synth import render_demo_clip
 
         cache = demo_cache_dir()
         try:
@@ -294,8 +295,9 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print, stats: Opt
             raise UserError(ExitCode.ARTIFACTS, str(exc)) from None
         clip = cache / DEMO_CLIP
         if not clip.is_file():
-            make_clip(clip)
-        say(f"demo: generated clip {clip} (a moving, beeping ball; no device, no download)")
+            render_demo_clip(clip, seed=DEMO_SEED)
+        say(f"demo: generated clip {clip} (avs-synth: a sounding object and a silent look-alike; no device, "
+            f"no download)")
         args.source = str(clip)
     else:
         model_dir = args.model_dir

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_ = parser.add_argument_group("How")
     run_.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"),
                       help="default: %(default)s (TensorRT engines when they fit this machine, else ONNX Runtime)")
+    run_.add_argument("--swap-audio", action="store_true",
+                      help="give each clip the audio of the clip before it (the first clip the last one's): a model "
+                           "that listens scores far lower")
     run_.add_argument("--clips-per-batch", type=int, metavar="N",
                       help="grouping of the official S4/MS3 figures (default: 2, the official test batch)")
     out = parser.add_argument_group("Outputs")
@@ -170,7 +173,8 @@ def run(args, say=print) -> int:
                 palette = None if task != "avss" else avss_palette(len(data.class_names))
                 predict = saved_predictor(args.predictions, task != "avss", palette)
             report = evaluate(data, predict, limit=args.limit, save_masks=args.save_masks,
-                              clips_per_batch=args.clips_per_batch, progress=not args.quiet)
+                              clips_per_batch=args.clips_per_batch, progress=not args.quiet,
+                              swap_audio=args.swap_audio)
         except DatasetError as exc:
             raise EvalError(EvalExit.DATA, str(exc)) from None
     finally:

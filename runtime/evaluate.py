@@ -13,6 +13,7 @@ probabilities in [0, 1], ``.png`` grey levels read as value / 255 (0/255 masks g
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -100,10 +101,14 @@ def save_prediction(directory: Path, clip: Clip, scores: np.ndarray, binary: boo
 
 
 def evaluate(data: AVSBench, predict: Predictor, *, limit: Optional[int] = None, save_masks: Optional[Path] = None,
-             clips_per_batch: Optional[int] = None, progress: bool = True) -> dict:
-    """Score ``predict`` on ``data``: ``{"metrics": {...}, "clips": [...], "seconds", "clips_per_second"}``.
+             clips_per_batch: Optional[int] = None, progress: bool = True, swap_audio: bool = False) -> dict:
+    """Score ``predict`` on ``data``: ``{"metrics": {...}, "clips": [...], "seconds", "clips_per_second"}``, and for
+    binary tasks ``"silence"``: the frames with an empty ground truth and the mean fraction of their pixels
+    predicted (probability > 0.5).
 
     ``clips_per_batch`` groups clips for the official figures (default: the official test batch size).
+    ``swap_audio`` gives each clip the audio (log-mel) of the clip before it, the first clip the last one's: a
+    model that listens scores far lower so.
     """
     from tqdm import tqdm
 
@@ -114,10 +119,16 @@ def evaluate(data: AVSBench, predict: Predictor, *, limit: Optional[int] = None,
     count = len(data) if limit is None else min(limit, len(data))
     if count == 0:
         raise DatasetError(f"{data.root}: the {data.split} split has no clips")
+    if swap_audio and count < 2:
+        raise DatasetError(f"--swap-audio needs at least 2 clips; {data.root} {data.split} gives {count}")
+    previous = data[count - 1].log_mel if swap_audio else None
+    silent_areas: list[float] = []
     clips, start = [], time.perf_counter()
     bar = tqdm(range(count), desc=f"{data.task} {data.split}", unit="clip", disable=not progress)
     for index in bar:
         clip = data[index]
+        if swap_audio:
+            previous, clip = clip.log_mel, dataclasses.replace(clip, log_mel=previous)
         scores = np.asarray(predict(clip))
         if scores.ndim != 3 or len(scores) != clip.num_frames:
             raise ValueError(f"the predictor gave {list(scores.shape)} for clip {clip.name}; expected "
@@ -126,6 +137,7 @@ def evaluate(data: AVSBench, predict: Predictor, *, limit: Optional[int] = None,
         if save_masks is not None:
             save_prediction(save_masks, clip, scores, binary, palette)
         if binary:
+            silent_areas += [float((s > 0.5).mean()) for s, g in zip(scores, clip.masks) if not g.any()]
             own = meter.add_clip(scores[:len(clip.masks)], clip.masks)
             own.pop("frame_iou")
         else:
@@ -134,9 +146,13 @@ def evaluate(data: AVSBench, predict: Predictor, *, limit: Optional[int] = None,
         clips.append({"name": clip.name, "category": clip.category, **own})
         bar.set_postfix_str(f"M_J {meter.running_mj:.4f}")
     seconds = time.perf_counter() - start
-    return {"task": data.task, "split": data.split, "clips_evaluated": count, "clips_in_split": len(data),
-            "metrics": meter.result(), "clips": clips, "seconds": seconds,
-            "clips_per_second": count / seconds if seconds > 0 else math.inf}
+    report = {"task": data.task, "split": data.split, "clips_evaluated": count, "clips_in_split": len(data),
+              "swap_audio": swap_audio, "metrics": meter.result(), "clips": clips, "seconds": seconds,
+              "clips_per_second": count / seconds if seconds > 0 else math.inf}
+    if binary:
+        report["silence"] = {"frames": len(silent_areas),
+                             "mean_area": float(np.mean(silent_areas)) if silent_areas else None}
+    return report
 
 
 def format_table(report: dict) -> str:
@@ -155,4 +171,10 @@ def format_table(report: dict) -> str:
              f"{'protocol':<{width}}  {'M_J':>6}  {'M_F':>6}"]
     for label, row in ((official, off), (variant, per)):
         lines.append(f"{label:<{width}}  {100 * row['M_J']:6.2f}  {100 * row['M_F']:6.2f}")
+    if report.get("swap_audio"):
+        lines.append("(audio swapped: each clip heard the clip before it)")
+    silence = report.get("silence")
+    if silence and silence["frames"]:
+        lines.append(f"silent frames (empty ground truth): {silence['frames']}, mean predicted area "
+                     f"{100 * silence['mean_area']:.2f} % of the frame")
     return "\n".join(lines)

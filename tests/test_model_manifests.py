@@ -13,6 +13,7 @@ from export.models import list_models, model_builder, pretrained_cfg
 OFFICIAL_MODELS = ["selm-avss-pvt", "selm-avss-r50", "selm-ms3-pvt", "selm-ms3-r50", "selm-s4-pvt", "selm-s4-r50",
                    "vggish"]
 TEST_MODELS = ["selm-test", "vggish-test"]
+DEMO_MODELS = ["selm-s4-demo", "vggish-demo"]     # trained here (python -m export.train_demo), weights shipped
 
 
 def _manifest_dir() -> Path:
@@ -34,8 +35,9 @@ def _read_manifest(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
 
 
 def test_registry_holds_the_official_models_and_the_test_variants():
-    assert list_models() == sorted(OFFICIAL_MODELS + TEST_MODELS)
+    assert list_models() == sorted(OFFICIAL_MODELS + TEST_MODELS + DEMO_MODELS)
     assert [n for n in list_models() if pretrained_cfg(n).file] == OFFICIAL_MODELS   # only these have weights
+    assert [n for n in list_models() if pretrained_cfg(n).bundled] == DEMO_MODELS     # only these ship weights
 
 
 @pytest.mark.parametrize("name", OFFICIAL_MODELS)

@@ -23,7 +23,7 @@ import pytest
 
 from runtime import builder
 from runtime.builder import ArtifactError, BuilderMissing, ensure_artifacts
-from runtime.cli import FORCE_QUIT, ExitCode, build_parser, run
+from runtime.cli import DEMO_MODEL, FORCE_QUIT, ExitCode, build_parser, run
 from runtime.demo_clip import make_clip
 from runtime.render import Mp4Writer
 from tests.mjpeg_camera import MjpegCamera
@@ -102,7 +102,7 @@ def test_demo_runs_without_devices_or_downloads(artifact, tmp_path):
     fixture, ensure_artifacts): generated clip in, annotated mp4 with audio out."""
     cache = tmp_path / "cache"
     (cache / "demo").mkdir(parents=True)
-    (cache / "demo" / MODEL).symlink_to(artifact, target_is_directory=True)
+    (cache / "demo" / DEMO_MODEL).symlink_to(artifact, target_is_directory=True)   # a random-weights artifact
     result = avs_stream("--demo", "--duration", "0.5", "--headless", cwd=tmp_path, env=_env(AVS_EDGE_CACHE=str(cache)))
     assert result.returncode == 0, result.stderr
     assert "RANDOM weights" in result.stderr and "demo: generated clip" in result.stderr
@@ -238,9 +238,9 @@ def test_demo_builds_its_artifact_on_first_use(tmp_path):
     result = avs_stream("--demo", "--duration", "0.3", "--headless", cwd=tmp_path,
                         env=_env(AVS_EDGE_CACHE=str(tmp_path / "cache")), timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"building the {MODEL} artifact in" in result.stderr and "first use" in result.stderr
-    assert "RANDOM weights" in result.stderr
-    assert (tmp_path / "cache" / "demo" / MODEL / "manifest.json").is_file()
+    assert f"building the {DEMO_MODEL} artifact in" in result.stderr and "first use" in result.stderr
+    assert "RANDOM" not in result.stderr                     # the demo model's shipped, trained weights
+    assert (tmp_path / "cache" / "demo" / DEMO_MODEL / "manifest.json").is_file()
     frames, _, audio_seconds = _video_frames_and_audio(tmp_path / "avs-demo.mp4")
     assert frames == 3 and audio_seconds > 0.2
 
@@ -319,7 +319,7 @@ def test_demo_without_the_builder_says_what_to_install(tmp_path, monkeypatch, va
         run(build_parser().parse_args(["--demo", "--headless"]), say=lambda line: None)
     assert caught.value.code == ExitCode.ARTIFACTS
     assert "pip install -e '.[export]'" in str(caught.value)  # the commands are the feature
-    assert f"python -m export.build_engine --model {MODEL} --out {tmp_path / 'cache' / 'demo' / MODEL}" in \
+    assert f"python -m export.build_engine --model {DEMO_MODEL} --out {tmp_path / 'cache' / 'demo' / DEMO_MODEL}" in \
         str(caught.value)
 
 

@@ -10,6 +10,7 @@ in the exporter.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from runtime import audio as _audio
@@ -18,6 +19,7 @@ from runtime.manifest import AudioSpec
 __all__ = ["PretrainedCfg", "AUDIO_FRONT_ENDS", "IMAGENET_MEAN", "IMAGENET_STD", "BINARY_CLASSES", "BINARY_PALETTE",
            "AVSBENCH_CLASSES", "voc_palette"]
 
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BINARY_CLASSES = ("background", "sounding object")
@@ -78,6 +80,8 @@ class PretrainedCfg:
         output_size: side of the output map.
         file, url, license, origin_url, paper: the official checkpoint's file name and download page, the
             license of the weights, the upstream repository and the paper (empty when there are none).
+        bundled: weights shipped in this repository (``export/weights/<bundled>``, made by a committed command
+            recorded beside them), used when no checkpoint is given; empty when there are none.
     """
 
     name: str
@@ -104,6 +108,7 @@ class PretrainedCfg:
     license: str = ""
     origin_url: str = ""
     paper: str = ""
+    bundled: str = ""
 
     def __post_init__(self) -> None:
         if self.output_kind not in OUTPUT_KINDS:
@@ -121,6 +126,11 @@ class PretrainedCfg:
     def activation(self) -> str:
         """How logits become a decision: ``sigmoid``, ``argmax`` or ``none``."""
         return OUTPUT_KINDS[self.output_kind]
+
+    @property
+    def bundled_path(self) -> Optional[Path]:
+        """The shipped weights file, or None when this variant ships none."""
+        return WEIGHTS_DIR / self.bundled if self.bundled else None
 
     @property
     def audio(self) -> AudioSpec:

@@ -14,10 +14,12 @@ from typing import Sequence
 import torch.nn as nn
 from torch import Tensor
 
-__all__ = ["PyramidVisionTransformerV2", "pvt_v2_b5", "pvt_v2_test", "B5_WIDTHS", "TEST_WIDTHS"]
+__all__ = ["PyramidVisionTransformerV2", "pvt_v2_b5", "pvt_v2_test", "pvt_v2_demo", "B5_WIDTHS", "TEST_WIDTHS",
+           "DEMO_WIDTHS"]
 
 B5_WIDTHS = (64, 128, 320, 512)
 TEST_WIDTHS = (8, 16, 16, 16)
+DEMO_WIDTHS = (16, 32, 64, 128)
 
 
 class DWConv(nn.Module):
@@ -158,4 +160,11 @@ def pvt_v2_b5(fusions: Sequence[nn.Module] = ()) -> PyramidVisionTransformerV2:
 def pvt_v2_test(fusions: Sequence[nn.Module] = ()) -> PyramidVisionTransformerV2:
     """A tiny PVT-v2 for golden tests: widths 8/16/16/16, one head and one block per stage, MLP ratio 2."""
     return PyramidVisionTransformerV2(embed_dims=TEST_WIDTHS, num_heads=(1, 1, 1, 1), mlp_ratios=(2, 2, 2, 2),
+                                      depths=(1, 1, 1, 1), sr_ratios=(4, 2, 1, 1), fusions=fusions)
+
+
+def pvt_v2_demo(fusions: Sequence[nn.Module] = ()) -> PyramidVisionTransformerV2:
+    """A light PVT-v2 for the trainable demo variant: widths 16/32/64/128, heads 1/1/2/2, one block per stage,
+    MLP ratio 2, SR ratios 4/2/1/1."""
+    return PyramidVisionTransformerV2(embed_dims=DEMO_WIDTHS, num_heads=(1, 1, 2, 2), mlp_ratios=(2, 2, 2, 2),
                                       depths=(1, 1, 1, 1), sr_ratios=(4, 2, 1, 1), fusions=fusions)

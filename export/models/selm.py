@@ -39,7 +39,7 @@ from torch import Tensor
 from ._pretrained import AVSBENCH_CLASSES, PretrainedCfg, voc_palette
 from ._registry import pretrained_cfg, register_model, register_pretrained_cfgs
 from .mamba import Mamba
-from .pvt_v2 import B5_WIDTHS, TEST_WIDTHS, pvt_v2_b5, pvt_v2_test
+from .pvt_v2 import B5_WIDTHS, DEMO_WIDTHS, TEST_WIDTHS, pvt_v2_b5, pvt_v2_demo, pvt_v2_test
 from .resnet import B2ResNet
 
 __all__ = ["SelM", "SelMConfig", "GUMBEL_MODES", "DAMFusionBlock", "BCSM", "CleverDecoder", "hard_assign",
@@ -48,7 +48,8 @@ __all__ = ["SelM", "SelMConfig", "GUMBEL_MODES", "DAMFusionBlock", "BCSM", "Clev
 GUMBEL_MODES = ("none", "sample", "input")
 _DIM = 256          # common width of audio tokens, projected maps, decoder tokens (official)
 _AUDIO_IN = 128     # VGGish embedding width
-_PVT_BACKBONES = {"pvt": (pvt_v2_b5, B5_WIDTHS), "pvt-test": (pvt_v2_test, TEST_WIDTHS)}
+_PVT_BACKBONES = {"pvt": (pvt_v2_b5, B5_WIDTHS), "pvt-test": (pvt_v2_test, TEST_WIDTHS),
+                  "pvt-demo": (pvt_v2_demo, DEMO_WIDTHS)}
 _STRIDES = (4, 8, 16, 32)
 
 
@@ -329,6 +330,8 @@ def hard_assign(logits: Tensor, gumbel: Optional[Tensor], tau: Tensor) -> Tensor
 
     Without noise, token 1 wins iff its logit is strictly greater (ties to token 0). With Gumbel noise g, as the
     official straight-through Gumbel-softmax: the larger entry of softmax((logits + g) / tau), ties to token 0.
+    When gradients are recorded (training), the gradient is softmax((logits + g) / tau)'s, the value still exactly
+    the one-hot one (straight-through, as the official training).
     """
     if gumbel is None:
         hit = logits[:, 1:] > logits[:, :1]
@@ -336,7 +339,11 @@ def hard_assign(logits: Tensor, gumbel: Optional[Tensor], tau: Tensor) -> Tensor
         soft = ((logits + gumbel) / tau).softmax(dim=1)
         hit = soft[:, 1:] > soft[:, :1]
     hit = hit.to(logits.dtype)
-    return torch.cat((1.0 - hit, hit), dim=1)
+    hard = torch.cat((1.0 - hit, hit), dim=1)
+    if torch.is_grad_enabled() and logits.requires_grad:
+        soft = ((logits if gumbel is None else logits + gumbel) / tau).softmax(dim=1)
+        hard = hard + (soft - soft.detach())
+    return hard
 
 
 class CGAttention(nn.Module):
@@ -355,12 +362,16 @@ class CGAttention(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, 2 * dim)
 
-    def forward(self, tokens: Tensor, vis: Tensor, pe: Tensor, gumbel: Optional[Tensor]) -> Tensor:
-        """tokens [T,2,dim], vis [T,dim,h,w], pe [h*w,dim], gumbel g [T,2,h*w] or None (deterministic)."""
+    def forward(self, tokens: Tensor, vis: Tensor, pe: Tensor, gumbel: Optional[Tensor],
+                hits: Optional[list] = None) -> Tensor:
+        """tokens [T,2,dim], vis [T,dim,h,w], pe [h*w,dim], gumbel g [T,2,h*w] or None (deterministic); token 1's
+        assignment map [T,h*w] is appended to ``hits`` when given (the training loss's auxiliary maps)."""
         x = self.norm_v(vis.flatten(2).transpose(1, 2) + pe)                                        # [T,hw,dim]
         q = _l2norm(self.q_proj(self.norm_t(tokens)))
         k = _l2norm(self.k_proj(x))
         assign = hard_assign(q @ k.transpose(1, 2), gumbel, self.tau.clamp(max=0).exp())
+        if hits is not None:
+            hits.append(assign[:, 1])
         attn = assign / (assign.sum(dim=-1, keepdim=True) + 1)
         new = self.proj(attn @ self.v_proj(x))
         return self.mlp(self.norm(new + tokens))
@@ -424,8 +435,9 @@ class CleverDecoder(nn.Module):
         self.proj = DProjector(dim, mask_upsamples, num_classes, groups)
 
     def forward(self, maps: Sequence[Tensor], audio: Tensor, gumbels: Sequence[Optional[Tensor]],
-                mask: Optional[Tensor]) -> Tensor:
-        """maps coarse->fine (4 x [T,dim,h,w]), audio [T,dim], one Gumbel g (or None) per layer, mask [T] or None."""
+                mask: Optional[Tensor], hits: Optional[list] = None) -> Tensor:
+        """maps coarse->fine (4 x [T,dim,h,w]), audio [T,dim], one Gumbel g (or None) per layer, mask [T] or None;
+        ``hits`` collects the three layers' assignment maps (see ``CGAttention``)."""
         t = audio.shape[0]
         tokens = self.tokens.weight.unsqueeze(0).expand(t, -1, -1)
         audio = audio.unsqueeze(1)
@@ -435,7 +447,7 @@ class CleverDecoder(nn.Module):
         for layer, fuse, attention, fine, g in zip(self.layers, self.fuses, attentions, maps[1:], gumbels):
             v = fuse(v, fine)
             tokens = layer(tokens, audio, key_mask)
-            tokens = attention(tokens, v, layer.positional_embedding, g)
+            tokens = attention(tokens, v, layer.positional_embedding, g, hits)
         return self.proj(v, tokens[:, -1])
 
 
@@ -671,11 +683,13 @@ class SelM(nn.Module):
         return self._bcsm(pooled, audio)
 
     def decode_frames(self, maps: Sequence[Tensor], gates: Tensor, audio_out: Tensor,
-                      gumbel_noise: Optional[Tensor] = None, *, valid: Optional[Tensor] = None) -> Tensor:
+                      gumbel_noise: Optional[Tensor] = None, *, valid: Optional[Tensor] = None,
+                      hits: Optional[list] = None) -> Tensor:
         """Per-frame decoder on any T' >= 1 frames: gate the maps, CLEVER, resize to 224.
 
         maps 4 x [T',256,h_s,w_s] (encode_frames), gates [T',4,256] and audio_out [T',256] (temporal) ->
-        logits [T',num_classes,224,224].
+        logits [T',num_classes,224,224]. ``hits`` (a list) receives the decoder's three assignment maps [T',h*w]
+        (coarse to fine), which the training loss supervises.
         """
         if not isinstance(audio_out, Tensor) or audio_out.dim() != 2 or audio_out.shape[0] < 1:
             got = list(audio_out.shape) if isinstance(audio_out, Tensor) else type(audio_out).__name__
@@ -690,7 +704,7 @@ class SelM(nn.Module):
         mask = self._mask(valid, t)
         gumbels = self._gumbels(gumbel_noise, t)
         gated = [m + gates[:, s, :, None, None] * m for s, m in enumerate(maps)]
-        logits = self.decoder(gated[::-1], audio_out, gumbels, mask)
+        logits = self.decoder(gated[::-1], audio_out, gumbels, mask, hits)
         size = self.cfg.output_size
         if logits.shape[-1] != size:
             logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=True)
@@ -742,6 +756,10 @@ default_cfgs = register_pretrained_cfgs([
     # Tiny random-weight variant for golden tests and fast export tests: no checkpoint exists.
     PretrainedCfg(name="selm-test", family="selm", setting="test", backbone="pvt-test", audio_encoder="vggish-test",
                   input_size=64, output_size=64),
+    # The demo variant: SelM's modules at width 32 on a light PVT-v2 at 128 px, with a small audio encoder trained
+    # with it (vggish-demo); trained from scratch on avs-synth S4 by python -m export.train_demo, shipped weights.
+    PretrainedCfg(name="selm-s4-demo", family="selm", setting="s4", backbone="pvt-demo", audio_encoder="vggish-demo",
+                  input_size=128, output_size=224, bundled="selm-s4-demo.pth", license="Apache-2.0"),
 ])
 
 _OPTIONS = ("gumbel",) + tuple(f.name for f in fields(SelMConfig) if f.name != "name")
@@ -800,3 +818,9 @@ def selm_avss_pvt(**kwargs) -> SelM:
 def selm_test(**kwargs) -> SelM:
     model_args = dict(mask_upsamples=2, dim=16, norm_groups=8, temporal_depth=1)
     return _create_selm("selm-test", **dict(model_args, **kwargs))
+
+
+@register_model("selm-s4-demo")
+def selm_s4_demo(**kwargs) -> SelM:
+    model_args = dict(mask_upsamples=2, dim=32, norm_groups=8, temporal_depth=1)
+    return _create_selm("selm-s4-demo", **dict(model_args, **kwargs))

@@ -19,7 +19,7 @@ import torch.nn as nn
 from ._pretrained import PretrainedCfg
 from ._registry import register_model, register_pretrained_cfgs
 
-__all__ = ["VGGish", "vggish", "vggish_test", "default_cfgs"]
+__all__ = ["VGGish", "vggish", "vggish_test", "vggish_demo", "default_cfgs"]
 
 # Conv widths; "M" is a 2x2 max-pool. Indices in ``features`` follow from this list (conv, ReLU, [pool]).
 _FEATURE_LAYOUT = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M")
@@ -80,6 +80,11 @@ default_cfgs = register_pretrained_cfgs([
                   url="https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth",
                   license="Apache-2.0", origin_url="https://github.com/harritaylor/torchvggish",
                   paper="doi:10.1109/ICASSP.2017.7952132"),
+    # A small trainable audio encoder for selm-s4-demo (VGGish is too heavy to train on a CPU), trained from
+    # scratch by python -m export.train_demo; the weights ship in export/weights/.
+    PretrainedCfg(name="vggish-demo", family="vggish", task="audio-encoder", audio_encoder=None,
+                  output_kind="embedding", num_classes=128, class_names=(), palette=(), threshold=None,
+                  bundled="vggish-demo.pth", license="Apache-2.0"),
     # Tiny random-weight variant for golden tests and selm-test's fast exports.
     PretrainedCfg(name="vggish-test", family="vggish", task="audio-encoder", audio_encoder=None,
                   output_kind="embedding", num_classes=128, class_names=(), palette=(), threshold=None),
@@ -104,3 +109,11 @@ def vggish(**kwargs) -> VGGish:
 def vggish_test(**kwargs) -> VGGish:
     model_args = dict(layout=(4, "M", 8, "M", 8, "M", 8, "M"), hidden=16, embedding_dim=128)
     return _create_vggish("vggish-test", **dict(model_args, **kwargs))
+
+
+@register_model("vggish-demo")
+def vggish_demo(**kwargs) -> VGGish:
+    """VGGish's layout with four 16/32/64/64-wide convs (instead of six, 64-512) and 128-wide hidden layers
+    (instead of 4096): 0.29 M parameters."""
+    model_args = dict(layout=(16, "M", 32, "M", 64, "M", 64, "M"), hidden=128, embedding_dim=128)
+    return _create_vggish("vggish-demo", **dict(model_args, **kwargs))

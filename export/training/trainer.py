@@ -1,0 +1,302 @@
+"""The training loop: batches through the model with the recipe's loss, AdamW, validation with the runtime's
+metrics after each epoch, best-checkpoint selection, resumable state.
+
+Files written into ``out``:
+
+* ``best.pth``: the model's plain state_dict at the best validation M_J (the official layout, so
+  ``create_model(name, "best.pth")`` and ``python -m export.build_engine --checkpoint best.pth`` load it);
+  ``best.audio.pth`` beside it when the audio encoder was trained (``--vggish`` of ``build_engine``);
+* ``last.pth`` (and ``last.audio.pth``): the weights after the latest epoch;
+* ``train_state.pt``: model, audio encoder, optimiser, AMP scaler and RNG state for ``--resume``;
+* ``train_record.json``: the command's settings, seeds, per-epoch losses, metrics and times.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from runtime.datasets.avsbench import AVSBench, DatasetError
+
+from .data import ClipDataset, collate
+from .losses import binary_loss, semantic_loss
+from .recipe import RECIPES
+
+__all__ = ["TrainConfig", "Trainer", "TrainingError", "forward_supervised"]
+
+
+class TrainingError(RuntimeError):
+    """Bad settings or data for training; the message names the problem and the fix."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run depends on (recorded in ``train_record.json``).
+
+    Args:
+        model: a registered SelM-family variant.
+        data: the data set folder (AVSBench or avs-synth; the task follows from the model).
+        out: where checkpoints and the record go.
+        epochs, batch, lr, weight_decay: None = the recipe's.
+        workers: DataLoader worker processes.
+        limit: use only the first N training clips (and N validation clips).
+        seed: seeds the weights, the shuffling and the Gumbel noise.
+        init: a checkpoint to fine-tune from (loaded strictly).
+        vggish: the audio encoder's weights.
+        audio_encoder: ``frozen`` (the official recipe; needs ``vggish``) or ``train`` (learnt with the model).
+        gumbel: ``sample`` (the official training) or ``none`` (noise-free hard assignment).
+        schedule: ``constant`` learning rate (official) or ``cosine`` (per step, down to 1 % at the end).
+        device: ``auto`` (CUDA with AMP if present, else CPU), ``cpu`` or ``cuda``.
+        cache: keep decoded clips in memory.
+        threads: torch CPU threads (0 = torch's default).
+    """
+
+    model: str
+    data: str
+    out: str
+    epochs: Optional[int] = None
+    batch: Optional[int] = None
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    workers: int = 0
+    limit: Optional[int] = None
+    seed: int = 123
+    init: Optional[str] = None
+    vggish: Optional[str] = None
+    audio_encoder: str = "frozen"
+    gumbel: str = "sample"
+    schedule: str = "constant"
+    device: str = "auto"
+    cache: bool = False
+    threads: int = 0
+
+
+def _has_batch_norm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def forward_supervised(model: nn.Module, audio_encoder: nn.Module, batch: dict, train_audio: bool,
+                       device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """Logits, the decoder's three assignment maps and the targets of the batch's supervised frames.
+
+    The clips' frames go through the per-frame encoder together, BCSM runs clip by clip (the only cross-frame
+    op), the decoder runs on the supervised frames only. Frames after a batch's last supervised frame cannot
+    change the loss (BCSM is causal) and are skipped, unless the model has batch norms (their statistics see
+    every frame).
+    """
+    clips, frames = batch["frames"].shape[:2]
+    supervised = batch["supervised"]
+    keep = frames if _has_batch_norm(model) else int(supervised.nonzero()[:, 1].max()) + 1
+    avss = model.cfg.setting == "avss"
+    valid = batch["valid"][:, :keep].flatten().to(device) if avss else None
+    with torch.set_grad_enabled(train_audio and torch.is_grad_enabled()):
+        embed = audio_encoder(batch["log_mel"][:, :keep].flatten(0, 1).to(device))
+    maps, pooled, audio = model.encode_frames(batch["frames"][:, :keep].flatten(0, 1).to(device), embed,
+                                              valid=valid)
+    temporal = [model.temporal(pooled[i * keep:(i + 1) * keep], audio[i * keep:(i + 1) * keep])
+                for i in range(clips)]
+    gates, audio_out = torch.cat([g for g, _ in temporal]), torch.cat([a for _, a in temporal])
+    sel = supervised[:, :keep].flatten().to(device)
+    hits: list[torch.Tensor] = []
+    logits = model.decode_frames([m[sel] for m in maps], gates[sel], audio_out[sel],
+                                 valid=None if valid is None else valid[sel], hits=hits)
+    targets = batch["masks"][:, :keep].flatten(0, 1).to(device)[sel]
+    if logits.shape[-2:] != targets.shape[-2:]:                 # a model whose output is not the masks' 224 px
+        logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+    return logits, hits, targets
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda: no CUDA device is visible to PyTorch; use --device cpu (or auto)")
+    return torch.device(name)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """One training run (see the module docstring); ``fit()`` runs it and returns the record."""
+
+    def __init__(self, cfg: TrainConfig, say: Callable[[str], None] = print, progress: bool = True) -> None:
+        from export.models import create_model, pretrained_cfg
+
+        self.cfg, self.say, self.progress = cfg, say, progress
+        pcfg = pretrained_cfg(cfg.model)
+        if pcfg.family != "selm":
+            raise TrainingError(f"--model {cfg.model}: only SelM-family variants train here (selm-*)")
+        task = {"test": "s4"}.get(pcfg.setting, pcfg.setting)
+        self.recipe = RECIPES[task]
+        self.epochs = cfg.epochs or self.recipe.epochs
+        self.batch = cfg.batch or self.recipe.batch
+        if cfg.audio_encoder not in ("frozen", "train"):
+            raise TrainingError(f"--audio-encoder must be frozen or train, got {cfg.audio_encoder!r}")
+        if cfg.audio_encoder == "frozen" and cfg.vggish is None:
+            raise TrainingError(f"a frozen audio encoder needs its weights: pass --vggish "
+                                f"{pretrained_cfg(pcfg.audio_encoder).file or 'PATH'}, or --audio-encoder train "
+                                f"to learn it with the model")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = _pick_device(cfg.device)
+        self.amp = self.device.type == "cuda"
+        torch.manual_seed(cfg.seed)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*random weights.*", category=UserWarning)
+            self.model = create_model(cfg.model, cfg.init, gumbel=cfg.gumbel)
+            self.audio = create_model(pcfg.audio_encoder, cfg.vggish)
+        self.model.to(self.device)
+        self.audio.to(self.device).requires_grad_(cfg.audio_encoder == "train")
+        params = list(self.model.parameters())
+        if cfg.audio_encoder == "train":
+            params += list(self.audio.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr or self.recipe.lr,
+                                           weight_decay=self.recipe.weight_decay if cfg.weight_decay is None
+                                           else cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.train_data = self._dataset("train", pcfg, task)
+        if cfg.schedule not in ("constant", "cosine"):
+            raise TrainingError(f"--schedule must be constant or cosine, got {cfg.schedule!r}")
+        total = self.epochs * math.ceil(len(self.train_data) / self.batch)
+        cosine = lambda step: 0.01 + 0.495 * (1 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, cosine if cfg.schedule == "cosine" else lambda step: 1.0)
+        self.val_data = self._dataset("val", pcfg, task)
+        self.out = Path(cfg.out)
+        self.history: list[dict] = []
+        self.best: Optional[dict] = None
+        self.start_epoch = 0
+
+    def _dataset(self, split: str, pcfg, task: str) -> ClipDataset:
+        try:
+            reader = AVSBench(self.cfg.data, task, split, pcfg.input_size)
+        except (DatasetError, FileNotFoundError) as exc:
+            raise TrainingError(f"--data {self.cfg.data}: {exc}") from None
+        if len(reader) == 0:
+            raise TrainingError(f"--data {self.cfg.data}: the {task} {split} split has no clips")
+        return ClipDataset(reader, pcfg.mean, pcfg.std, self.cfg.limit, self.cfg.cache)
+
+    # -- one epoch -----------------------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over the training split; returns the mean loss terms and the speed."""
+        from tqdm import tqdm
+
+        loader = DataLoader(self.train_data, batch_size=self.batch, shuffle=True, collate_fn=collate,
+                            num_workers=self.cfg.workers, generator=torch.Generator().manual_seed(
+                                self.cfg.seed * 1000 + epoch))
+        loss_fn = binary_loss if self.recipe.loss == "binary" else semantic_loss
+        self.model.train()
+        self.model.gumbel = self.cfg.gumbel
+        self.audio.train(self.cfg.audio_encoder == "train")
+        sums: dict[str, float] = {}
+        clips, start = 0, time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", disable=not self.progress)
+        for batch in bar:
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                logits, hits, targets = forward_supervised(self.model, self.audio, batch,
+                                                           self.cfg.audio_encoder == "train", self.device)
+            terms = loss_fn(logits, hits, targets)
+            if not torch.isfinite(terms["loss"]):
+                raise TrainingError(f"epoch {epoch + 1}: the loss is {terms['loss'].item()}; lower --lr")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(terms["loss"]).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            n = batch["frames"].shape[0]
+            clips += n
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value.item() * n
+            bar.set_postfix_str(f"loss {sums['loss'] / clips:.4f} {clips / (time.perf_counter() - start):.2f} clip/s")
+        seconds = time.perf_counter() - start
+        return {**{k: v / clips for k, v in sums.items()}, "clips": clips, "seconds": seconds,
+                "clips_per_second": clips / seconds}
+
+    def validate(self) -> dict:
+        """M_J and M_F (official and per-frame) on the validation split, with the runtime's metrics."""
+        from export.evaluate import torch_predictor
+        from runtime.evaluate import evaluate
+
+        self.model.eval()
+        self.audio.eval()
+        self.model.gumbel = "none"
+        report = evaluate(self.val_data.data, torch_predictor(self.model, self.audio, self.device),
+                          limit=self.val_data.count, progress=self.progress)
+        return report["metrics"]
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+    def _weights(self, stem: str) -> None:
+        _atomic_save(self.model.state_dict(), self.out / f"{stem}.pth")
+        if self.cfg.audio_encoder == "train":
+            _atomic_save(self.audio.state_dict(), self.out / f"{stem}.audio.pth")
+
+    def _save_state(self, epoch: int) -> None:
+        _atomic_save({"epoch": epoch, "model": self.model.state_dict(), "audio": self.audio.state_dict(),
+                      "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                      "scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state(),
+                      "history": json.dumps(self.history),
+                      "best": json.dumps(self.best)}, self.out / "train_state.pt")
+
+    def resume(self) -> None:
+        """Continue from ``out/train_state.pt``."""
+        path = self.out / "train_state.pt"
+        if not path.is_file():
+            raise TrainingError(f"--resume: {path} does not exist; start without --resume")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.audio.load_state_dict(state["audio"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        self.history, self.best = json.loads(state["history"]), json.loads(state["best"])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.say(f"resumed after epoch {self.start_epoch} of {self.epochs}")
+
+    def record(self, seconds: float) -> dict:
+        settings = asdict(self.cfg)
+        settings.update(epochs=self.epochs, batch=self.batch, lr=self.optimizer.param_groups[0]["initial_lr"],
+                        weight_decay=self.optimizer.param_groups[0]["weight_decay"])
+        return {"command": " ".join([os.path.basename(sys.executable), *sys.argv]), "settings": settings,
+                "recipe": asdict(self.recipe), "device": str(self.device), "amp": self.amp,
+                "torch": torch.__version__, "train_clips": len(self.train_data), "val_clips": len(self.val_data),
+                "epochs": self.history, "best": self.best, "train_seconds": seconds}
+
+    def fit(self) -> dict:
+        """Train ``epochs`` epochs (validating after each), keep the best; returns the record."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter() - sum(e["train"]["seconds"] + e["val_seconds"] for e in self.history)
+        for epoch in range(self.start_epoch, self.epochs):
+            train = self.train_epoch(epoch)
+            tick = time.perf_counter()
+            metrics = self.validate()
+            entry = {"epoch": epoch + 1, "train": train, "val": metrics, "val_seconds": time.perf_counter() - tick}
+            self.history.append(entry)
+            score = metrics["official"]["M_J"]
+            improved = self.best is None or score > self.best["M_J"]
+            if improved:
+                self.best = {"epoch": epoch + 1, "M_J": score, "M_F": metrics["official"]["M_F"]}
+                self._weights("best")
+            self._weights("last")
+            self._save_state(epoch)
+            self.say(f"epoch {epoch + 1}/{self.epochs}: loss {train['loss']:.4f}, {train['clips_per_second']:.2f} "
+                     f"clip/s; val M_J {score:.4f} M_F {metrics['official']['M_F']:.4f}"
+                     f"{' (best)' if improved else ''}")
+            record = self.record(time.perf_counter() - start)
+            (self.out / "train_record.json").write_text(json.dumps(record, indent=2) + "\n")
+        return self.record(time.perf_counter() - start)
