@@ -24,12 +24,14 @@ def _spec(inputs, outputs):
 
 def test_matching_declaration_opens(tmp_path):
     _graph(tmp_path / "g.onnx", [1, 3, "n"])
-    runner = OrtRunner(tmp_path, _spec([TensorSpec("x", [1, 3, 8], "float32")], [TensorSpec("y", [1, 3, "n"], "float32")]))
+    spec = _spec([TensorSpec("x", [1, 3, 8], "float32")], [TensorSpec("y", [1, 3, "n"], "float32")])
+    runner = OrtRunner(tmp_path, spec)
     assert runner.session is not None
 
 
 @pytest.mark.parametrize("inputs, outputs, detail", [
-    ([TensorSpec("x", [1, 4, 8], "float32")], [TensorSpec("y", [1, 3, 8], "float32")], r"input 'x' is float32 \[1, 3, 8\]"),
+    ([TensorSpec("x", [1, 4, 8], "float32")], [TensorSpec("y", [1, 3, 8], "float32")],
+     r"input 'x' is float32 \[1, 3, 8\]"),
     ([TensorSpec("x", [1, 3, 8], "float16")], [TensorSpec("y", [1, 3, 8], "float32")], "input 'x' is float32"),
     ([TensorSpec("frames", [1, 3, 8], "float32")], [TensorSpec("y", [1, 3, 8], "float32")], r"inputs are \['x'\]"),
     ([TensorSpec("x", [1, 3, 8], "float32")], [TensorSpec("y", [1, 3], "float32")], "output 'y'"),
