@@ -161,21 +161,22 @@ def avss_palette(num_classes: int = AVSS_CLASSES) -> np.ndarray:
     return palette
 
 
-def _read_image(path: Path) -> np.ndarray:
+def _imread(path: Path, mode: int, missing: str, kind: str) -> np.ndarray:
+    """``cv2.imread`` that names the file when it is missing or cannot be decoded."""
     if not path.is_file():
-        raise DatasetError(f"missing frame {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        raise DatasetError(f"missing {missing} {path}")
+    image = cv2.imread(str(path), mode)
     if image is None:
-        raise DatasetError(f"cannot decode image {path} (corrupt or not an image)")
+        raise DatasetError(f"cannot decode {kind} {path} (corrupt or not an image)")
     return image
 
 
+def _read_image(path: Path) -> np.ndarray:
+    return _imread(path, cv2.IMREAD_COLOR, "frame", "image")
+
+
 def _read_gray(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise DatasetError(f"missing ground-truth mask {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise DatasetError(f"cannot decode mask {path} (corrupt or not an image)")
+    image = _imread(path, cv2.IMREAD_GRAYSCALE, "ground-truth mask", "mask")
     if image.shape != (MASK_SIZE, MASK_SIZE):
         raise DatasetError(f"mask {path} is {image.shape[1]}x{image.shape[0]}, expected {MASK_SIZE}x{MASK_SIZE} "
                            "(AVSBench masks are 224 x 224)")
