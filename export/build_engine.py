@@ -23,8 +23,9 @@ import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
+from runtime.backends import STREAMING_ROLES
 from runtime.manifest import (EngineRecord, EngineStatus, FileDigest, GraphSpec, Manifest, ModelInfo, OutputSpec,
-                              SCHEMA_VERSION, StreamingSpec, VideoSpec, write_manifest)
+                              SCHEMA_VERSION, StreamingSpec, VideoSpec, load_manifest, write_manifest)
 
 DEFAULT_VARIANT = "selm-s4-r50"
 ALIASES = {"selm": DEFAULT_VARIANT}
@@ -120,7 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("--engine", dest="engine", action="store_true", default=None,
                      help="require engines: exit 2 if they cannot be built (default: build when possible)")
     trt.add_argument("--no-engine", dest="engine", action="store_false", help="skip the engine step")
-    trt.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="engine precision (default fp32)")
+    trt.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                     help="engine precision (default fp32); int8 first calibrates (--calibration), adding Q/DQ "
+                          "graphs that ONNX Runtime runs too")
+    cal = parser.add_argument_group("INT8 calibration (with --precision int8; python -m calibration does it later)")
+    cal.add_argument("--calibration", metavar="DIR",
+                     help="calibration data: 'synth' (generated clips), an AVSBench-layout folder or a folder of "
+                          "videos with audio")
+    cal.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax",
+                     help="activation range method (default minmax)")
+    cal.add_argument("--calibration-clips", type=int, default=None, metavar="N",
+                     help="calibration clips (default 16; 8 more feed the sensitivity sweep, 40 held-out clips "
+                          "measure the accuracy)")
     trt.add_argument("--plugin-lib", type=Path, metavar="PATH",
                      help="TensorRT plugin library for --scan plugin (default: plugins/lib/libavs_trt_plugins.so)")
     trt.add_argument("--timing-cache", type=Path, metavar="PATH",
@@ -261,10 +273,11 @@ def output_spec(cfg) -> OutputSpec:
 
 def streaming_spec(cfg) -> StreamingSpec:
     """The streaming split's layout: window of T frames, the newest one decoded."""
-    from export.onnx_export import CARRY
+    from export.onnx_export import carry_names
 
     t = cfg.frames_per_clip
-    return StreamingSpec(window=t, encoder_frames=1, decoder_frames=1, decode_index=t - 1, carry=list(CARRY),
+    return StreamingSpec(window=t, encoder_frames=1, decoder_frames=1, decode_index=t - 1,
+                         carry=list(carry_names(cfg.family)),
                          frame_rate_hz=cfg.frame_rate_hz)
 
 
@@ -360,7 +373,9 @@ def build_engines(args, env: EngineEnvironment, out: Path, paths: dict[str, Path
     for role, path in paths.items():
         key = EngineKey(graph_sha256(path), tensorrt_version(trt), gpu.name, gpu.compute_capability,
                         args.precision, plugin_sha)
-        options = BuildOptions(precision=args.precision, workspace_gb=args.workspace_gb, timing_cache=timing_cache,
+        # NOTE: an int8 role without Q/DQ nodes (wholly kept fp32 by the sweep) builds as fp16 under the int8 key
+        flags = "fp16" if args.precision == "int8" and path.suffixes[-2:] != [".int8", ".onnx"] else args.precision
+        options = BuildOptions(precision=flags, workspace_gb=args.workspace_gb, timing_cache=timing_cache,
                                plugin_library=plugin, fp32_layers=tuple(fp16_nodes.get(role, ())),
                                verbose=args.verbose)
         try:
@@ -387,6 +402,24 @@ def engine_step(args, env: EngineEnvironment, out: Path, paths: dict[str, Path],
     if not status.built:
         say(f"engine build skipped: {status.reason}")
     return status
+
+
+def calibrate(out: Path, args, say: Callable[[str], None]):
+    """``python -m calibration`` on the fresh artifact; prints the accuracy table; returns the INT8 record."""
+    from calibration.calibrate import calibrate_artifact, format_table
+    from calibration.int8 import CalibrationError
+    from runtime.datasets.avsbench import DatasetError
+
+    try:
+        records = calibrate_artifact(out, args.calibration, method=args.calibration_method,
+                                     clips=args.calibration_clips, say=lambda line: say("      " + line))
+    except (CalibrationError, DatasetError) as exc:
+        raise UserError(f"INT8 calibration failed: {exc} (the fp32 artifact in {out} is complete)") from None
+    for line in format_table(records).splitlines():
+        say("      " + line)
+    if not records["int8"].passed:
+        say("      WARNING: int8 is outside its accuracy bounds: recorded, but --precision auto will not pick it")
+    return records["int8"]
 
 
 def check_scan_libraries(scan: str) -> None:
@@ -426,7 +459,7 @@ def check_numbers(args) -> int:
     if opset < MIN_OPSET:
         raise UserError(f"--opset {opset} is too old: the exporter needs opset >= {MIN_OPSET} "
                         f"(try --opset {MIN_OPSET})")
-    for flag in ("atol", "rtol", "workspace_gb", "fp16_budget"):
+    for flag in ("atol", "rtol", "workspace_gb", "fp16_budget", "calibration_clips"):
         value = getattr(args, flag)
         if value is not None and not value > 0:
             raise UserError(f"--{flag.replace('_', '-')} must be positive, got {value}")
@@ -455,6 +488,12 @@ def build_artifact(model: str, out: Path, *, checkpoint: Optional[Path] = None, 
     from export.models import pretrained_cfg
 
     args = build_options(build_parser(), options)
+    if args.precision == "int8" and not args.calibration:
+        raise UserError("--precision int8 needs calibration data: add --calibration synth (generated clips), "
+                        "--calibration AVSBench/Single-source, or --calibration DIR_OF_VIDEOS")
+    if args.calibration and args.precision != "int8":
+        raise UserError("--calibration is for --precision int8 (to calibrate an existing artifact: python -m "
+                        "calibration --model-dir ART --data DIR)")
     name = resolve_model_name(model)
     cfg = pretrained_cfg(name)
     checkpoint, vggish = default_weights(name, checkpoint, vggish)
@@ -469,7 +508,7 @@ def build_artifact(model: str, out: Path, *, checkpoint: Optional[Path] = None, 
     out = Path(out)
     created = prepare_out_dir(out)
     before = set(out.iterdir()) if created is None else set()
-    stages = Stages(6 if args.precision == "fp16" else 5, say)
+    stages = Stages(6 if args.precision in ("fp16", "int8") else 5, say)
     atol = args.atol if args.atol is not None else DEFAULT_ATOL
     rtol = args.rtol if args.rtol is not None else DEFAULT_RTOL
     try:
@@ -485,8 +524,16 @@ def build_artifact(model: str, out: Path, *, checkpoint: Optional[Path] = None, 
     except BaseException:
         discard_partial(out, created, before)
         raise
+    keep = fp16.keep_fp32_nodes if fp16 else {}
+    if args.precision == "int8":
+        with stages(f"INT8 calibration on {args.calibration} ({args.calibration_method})"):
+            record = calibrate(out, args, say)
+        paths = {role: out / manifest.graph(role).file for role in STREAMING_ROLES}
+        paths.update({role: out / spec.file for role, spec in record.graphs.items()})
+        keep = record.keep_fp32
     with stages("TensorRT engines"):
-        status = engine_step(args, env, out, paths, fp16.keep_fp32_nodes if fp16 else {}, say)
+        status = engine_step(args, env, out, paths, keep, say)
+        manifest = load_manifest(out)
         versions = dict(manifest.tools, **({env.trt.__name__: env.trt.__version__} if env.trt else {}))
         write_manifest(dataclasses.replace(manifest, engine=status, tools=versions), out)
     if args.engine is True and not status.built:

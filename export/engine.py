@@ -1,4 +1,5 @@
-"""Building TensorRT engines: parse ONNX, configure the builder (fp16 layer pinning, timing cache), report progress.
+"""Building TensorRT engines: parse ONNX, configure the builder (fp16 layer pinning, int8 from Q/DQ graphs, timing
+cache), report progress.
 
 The engine key, the keyed engine cache and TensorRT/GPU discovery live on the runtime side
 (:mod:`runtime.engine_cache`, :mod:`runtime.gpu`), so the builder and the runtime decide alike. Everything here but
@@ -16,9 +17,19 @@ from typing import Callable, Optional
 from tqdm import tqdm
 
 from runtime.engine_cache import tensorrt_version, write_atomic
+from runtime.manifest import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16")
 _ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
+#: What to do about TensorRT's messages on Q/DQ graphs (substring of the message -> advice), for quantize_static users.
+_QDQ_ADVICE = (
+    ("Non-zero zero point", "TensorRT takes symmetric signed int8 only: quantize with activation_type=QInt8, "
+                            "weight_type=QInt8 and extra_options ActivationSymmetric=True, WeightSymmetric=True"),
+    ("has type Int32 but must have type", "TensorRT rejects the int32 bias Q/DQ: quantize with extra_options "
+                                          "QuantizeBias=False"),
+    ("Quantized constant", "quantize the inputs of weighted layers only (quantize_static's op_types_to_quantize, "
+                           "e.g. Conv, MatMul, Gemm): TensorRT refuses a quantized constant feeding an elementwise "
+                           "layer"),
+)
 
 
 class EngineBuildError(RuntimeError):
@@ -118,7 +129,8 @@ class BuildOptions:
 
 
 def _parser_errors(parser) -> str:
-    """The parser's errors, one line per distinct message (first node named, the others counted)."""
+    """The parser's errors, one line per distinct message (first node named, the others counted), then advice on
+    what they say about Q/DQ nodes."""
     first: dict[str, str] = {}
     count: dict[str, int] = {}
     for i in range(parser.num_errors):
@@ -131,7 +143,12 @@ def _parser_errors(parser) -> str:
     if any("Plugin not found" in d for d in first):
         lines.append("the graph needs our TensorRT plugin: pass --plugin-lib PATH (built by `python -m plugins.build` "
                      "where TensorRT is installed), or export with --scan lowered")
-    return "; ".join(lines) or "no parser message"
+    return "; ".join(lines + _qdq_advice(first)) or "no parser message"
+
+
+def _qdq_advice(messages) -> list[str]:
+    """Advice for the TensorRT messages about Q/DQ graphs among ``messages``."""
+    return [advice for marker, advice in _QDQ_ADVICE if any(marker in m for m in messages)]
 
 
 def onnx_nodes_of_layer(name: str, metadata: str) -> set[str]:
@@ -140,21 +157,43 @@ def onnx_nodes_of_layer(name: str, metadata: str) -> set[str]:
     return nodes or {name}
 
 
-def _apply_precision(trt: ModuleType, network, config, options: BuildOptions) -> None:
+def _check_quantization(trt: ModuleType, network, precision: str, graph: str) -> None:
+    """int8 takes an explicitly quantized graph (Q/DQ nodes) and only int8 does: the graph decides, not a flag."""
+    qdq = sum(network.get_layer(i).type in (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE)
+              for i in range(network.num_layers))
+    if precision == "int8" and not qdq:
+        raise EngineBuildError(f"{graph} has no QuantizeLinear/DequantizeLinear nodes, and int8 engines are built from "
+                               "explicitly quantized graphs only: quantize it first (ONNX Runtime's quantize_static, "
+                               "quant_format=QDQ), or build with --precision fp32 or fp16")
+    if precision != "int8" and qdq:
+        raise EngineBuildError(f"{graph} is explicitly quantized ({qdq} Q/DQ layers): build it with --precision int8")
+
+
+def _apply_precision(trt: ModuleType, network, config, options: BuildOptions, say: Callable[[str], None]) -> None:
     if options.precision == "fp32":
         return
-    if not hasattr(trt.BuilderFlag, "FP16"):
+    flags = trt.BuilderFlag
+    if options.precision == "int8":
+        if not hasattr(flags, "INT8"):
+            # NOTE: strongly typed builders (TensorRT-RTX; TensorRT >= 11 removed the flag) take int8 from the Q/DQ
+            # nodes alone, and every other layer keeps its ONNX type: there is no fp16 fallback to allow or forbid.
+            say(f"{tensorrt_version(trt)} builds strongly typed networks: int8 where the graph has Q/DQ nodes, "
+                "the other layers in their ONNX types")
+            return
+        config.set_flag(flags.INT8)    # weakly typed TensorRT 10: Q/DQ regions run in int8 only with this flag
+    if not hasattr(flags, "FP16"):
         raise EngineBuildError(f"{tensorrt_version(trt)} has no FP16 builder flag (it builds strongly typed "
                                "networks only); build with --precision fp32")
-    config.set_flag(trt.BuilderFlag.FP16)
+    config.set_flag(flags.FP16)        # int8: the layers outside Q/DQ regions may run in fp16
     keep = set(options.fp32_layers)
     if not keep:
         return
-    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    config.set_flag(flags.OBEY_PRECISION_CONSTRAINTS)
     floats = (trt.float32, trt.float16)
+    qdq = (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE)
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if not onnx_nodes_of_layer(layer.name, getattr(layer, "metadata", "")) & keep:
+        if layer.type in qdq or not onnx_nodes_of_layer(layer.name, getattr(layer, "metadata", "")) & keep:
             continue
         outputs = [j for j in range(layer.num_outputs) if layer.get_output(j).dtype in floats]
         if not outputs:
@@ -194,7 +233,8 @@ def build_serialized_engine(trt: ModuleType, onnx_path: Path, options: BuildOpti
                                f"{_parser_errors(parser)}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * (1 << 30)))
-    _apply_precision(trt, network, config, options)
+    _check_quantization(trt, network, options.precision, onnx_path.name)
+    _apply_precision(trt, network, config, options, say)
     rtx = trt.__name__ == "tensorrt_rtx"   # NOTE: TensorRT-RTX has no timing cache (its calls are no-ops)
     if not rtx:
         _load_timing_cache(config, options, say)
@@ -207,8 +247,9 @@ def build_serialized_engine(trt: ModuleType, onnx_path: Path, options: BuildOpti
             progress.close()
     if plan is None:
         cancelled = progress is not None and progress.cancelled
+        errors = logger.errors + _qdq_advice(logger.errors)
         raise EngineBuildError(f"TensorRT failed to build {onnx_path.name}: "
-                               + ("cancelled" if cancelled else "; ".join(logger.errors) or "no error message"))
+                               + ("cancelled" if cancelled else "; ".join(errors) or "no error message"))
     if not rtx and options.timing_cache is not None:
         options.timing_cache.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(options.timing_cache, bytes(config.get_timing_cache().serialize()))

@@ -12,8 +12,9 @@ from typing import Callable, Optional
 import numpy as np
 import onnxruntime as ort
 
-from export.onnx_export import MAP_NAMES, GraphDef, run_torch, uses_custom_ops
+from export.onnx_export import GraphDef, run_torch, uses_custom_ops
 from runtime.manifest import ValidationRecord
+from runtime.metrics import mask_agreement
 
 DEFAULT_ATOL = 1e-3
 DEFAULT_RTOL = 1e-3
@@ -44,13 +45,6 @@ def run_ort(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict
     names = [o.name for o in session.get_outputs()]
     values = session.run(names, {i.name: feeds[i.name] for i in session.get_inputs()})
     return dict(zip(names, values))
-
-
-def mask_agreement(candidate: np.ndarray, reference: np.ndarray, kind: str) -> float:
-    """Fraction of pixels whose decision agrees: ``logit > 0`` (binary) or argmax over axis 1 (semantic)."""
-    if kind == "binary":
-        return float(np.mean((candidate > 0) == (reference > 0)))
-    return float(np.mean(candidate.argmax(axis=1) == reference.argmax(axis=1)))
 
 
 def compare_outputs(candidate: dict[str, np.ndarray], reference: dict[str, np.ndarray], *, graph: str,
@@ -99,13 +93,14 @@ def streaming_outputs(sessions: dict[str, ort.InferenceSession], clip: dict[str,
     frames = clip["frames"].shape[0]
     per_frame = [run_ort(sessions["encoder"], {"frame": clip["frames"][t:t + 1], "log_mel": clip["log_mel"][t:t + 1]})
                  for t in range(frames)]
-    window = {name: np.concatenate([f[name] for f in per_frame]) for name in ("pooled", "audio")}
+    window = {i.name: np.concatenate([f[i.name] for f in per_frame]) for i in sessions["temporal"].get_inputs()}
     shared = run_ort(sessions["temporal"], window)
     pick = slice(decode_index, decode_index + 1)
-    feeds = {name: per_frame[decode_index][name] for name in MAP_NAMES}
-    feeds.update(gates=shared["gates"][pick], audio_out=shared["audio_out"][pick])
-    if "gumbel_noise" in clip:
-        feeds["gumbel_noise"] = clip["gumbel_noise"][pick]
+    feeds = {}
+    for spec in sessions["decoder"].get_inputs():    # temporal rows, else the decoded frame's encoder outputs
+        name = spec.name
+        feeds[name] = (shared[name][pick] if name in shared else per_frame[decode_index][name] if name in
+                       per_frame[decode_index] else clip[name][pick])
     return run_ort(sessions["decoder"], feeds)
 
 

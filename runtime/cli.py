@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "--source; --demo uses its cache)")
     model.add_argument("--backend", choices=("auto", "tensorrt", "onnxruntime"), default="auto",
                        help="inference backend (default auto: TensorRT when engines fit this machine)")
+    model.add_argument("--precision", choices=("auto", "fp32", "fp16", "int8"), default="auto",
+                       help="default auto: the fastest precision the artifact was validated for on the backend "
+                            "(int8 after python -m calibration; fp16 on TensorRT), announced")
     model.add_argument("--threshold", type=float, metavar="P", help="mask threshold for binary models (default 0.5)")
     output = parser.add_argument_group("Output: what is shown and saved (paths are checked before the model loads)")
     output.add_argument("--output", type=Path, metavar="OUT.mp4", help="annotated video with the audio muxed back")
@@ -248,7 +251,8 @@ def _open_segmenter(args, model_dir: Path, audio: bool, say):
     from runtime.segmenter import Segmenter
 
     try:
-        return Segmenter(model_dir, args.backend, threshold=args.threshold, audio=audio, say=say)
+        return Segmenter(model_dir, args.backend, precision=args.precision, threshold=args.threshold, audio=audio,
+                         say=say)
     except ManifestError as exc:
         raise UserError(ExitCode.ARTIFACTS, str(exc)) from None
     except BackendError as exc:

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_ = parser.add_argument_group("How")
     run_.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"),
                       help="default: %(default)s (TensorRT engines when they fit this machine, else ONNX Runtime)")
+    run_.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "int8"),
+                      help="default: %(default)s (the fastest precision the artifact was validated for on the "
+                           "backend); a reduced precision is scored next to fp32 on the same clips")
     run_.add_argument("--swap-audio", action="store_true",
                       help="give each clip the audio of the clip before it (the first clip the last one's): a model "
                            "that listens scores far lower")
@@ -134,7 +137,7 @@ def _task_for(kind: str, setting: str, args, data_root: Path) -> str:
 def run(args, say=print) -> int:
     """The command; returns the exit status (raises :class:`EvalError` for faults)."""
     from runtime.datasets.avsbench import AVSBench, DatasetError, avss_palette
-    from runtime.evaluate import evaluate, format_table, saved_predictor, segmenter_predictor
+    from runtime.evaluate import evaluate, format_precisions, format_table, saved_predictor, segmenter_predictor
 
     _check_flags(args)
     segmenter, provenance = None, {}
@@ -149,18 +152,22 @@ def run(args, say=print) -> int:
             except (ManifestError, OSError) as exc:
                 raise EvalError(EvalExit.ARTIFACTS, str(exc)) from None
             task = _task_for(manifest.output.kind, manifest.model.setting, args, args.data)
-            try:
-                segmenter = Segmenter(args.model_dir, backend=args.backend, say=lambda line: print(line, file=sys.stderr))
-            except (ManifestError, OSError) as exc:
-                raise EvalError(EvalExit.ARTIFACTS, str(exc)) from None
-            except BackendError as exc:
-                raise EvalError(EvalExit.BACKEND, str(exc)) from None
+            def open_segmenter(precision: str) -> Segmenter:
+                try:
+                    return Segmenter(args.model_dir, backend=args.backend, precision=precision,
+                                     say=lambda line: print(line, file=sys.stderr))
+                except (ManifestError, OSError) as exc:
+                    raise EvalError(EvalExit.ARTIFACTS, str(exc)) from None
+                except BackendError as exc:
+                    raise EvalError(EvalExit.BACKEND, str(exc)) from None
+
+            segmenter = open_segmenter(args.precision)
             m = manifest.model
             provenance = {"artifact": {"directory": str(args.model_dir), "model": m.name,
                                        "random_weights": m.random_weights, "gumbel": m.gumbel,
                                        "checkpoint": None if m.checkpoint is None else vars(m.checkpoint),
                                        "tools": manifest.tools},
-                          "backend": segmenter.backend.description, "precision": manifest.precision}
+                          "backend": segmenter.backend.description, "precision": segmenter.precision}
             resolution = manifest.video.resolution
         else:
             task, resolution = args.task, 224
@@ -175,6 +182,13 @@ def run(args, say=print) -> int:
             report = evaluate(data, predict, limit=args.limit, save_masks=args.save_masks,
                               clips_per_batch=args.clips_per_batch, progress=not args.quiet,
                               swap_audio=args.swap_audio)
+            if segmenter is not None and segmenter.precision != "fp32":
+                segmenter.close()
+                segmenter = open_segmenter("fp32")
+                fp32 = evaluate(data, segmenter_predictor(segmenter), limit=args.limit,
+                                clips_per_batch=args.clips_per_batch, progress=not args.quiet,
+                                swap_audio=args.swap_audio)
+                report["fp32"] = {"metrics": fp32["metrics"], "seconds": fp32["seconds"]}
         except DatasetError as exc:
             raise EvalError(EvalExit.DATA, str(exc)) from None
     finally:
@@ -184,6 +198,8 @@ def run(args, say=print) -> int:
     report["data"] = str(args.data)
     report["versions"] = _versions()
     say(format_table(report))
+    if "fp32" in report:
+        say(format_precisions(report, report["precision"]))
     if args.json is not None:
         tmp = args.json.with_name(args.json.name + ".partial")
         tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -25,7 +25,8 @@ import numpy as np
 from runtime.datasets.avsbench import AVSS_FRAMES, MASK_SIZE, AVSBench, Clip, DatasetError, avss_palette
 from runtime.metrics import OFFICIAL_CLIPS_PER_BATCH, BinaryMeter, SemanticMeter
 
-__all__ = ["Predictor", "evaluate", "segmenter_predictor", "saved_predictor", "save_prediction", "format_table"]
+__all__ = ["Predictor", "evaluate", "segmenter_predictor", "saved_predictor", "save_prediction", "format_table",
+           "format_precisions"]
 
 Predictor = Callable[[Clip], np.ndarray]
 
@@ -177,4 +178,15 @@ def format_table(report: dict) -> str:
     if silence and silence["frames"]:
         lines.append(f"silent frames (empty ground truth): {silence['frames']}, mean predicted area "
                      f"{100 * silence['mean_area']:.2f} % of the frame")
+    return "\n".join(lines)
+
+
+def format_precisions(report: dict, precision: str) -> str:
+    """A reduced precision's official figures next to fp32's on the same clips (``report["fp32"]``), with time."""
+    rows = [(precision, report["metrics"]["official"], report["seconds"]),
+            ("fp32", report["fp32"]["metrics"]["official"], report["fp32"]["seconds"])]
+    lines = [f"{'precision':<10} {'M_J':>6} {'M_F':>6} {'seconds':>8}"]
+    lines += [f"{name:<10} {100 * m['M_J']:6.2f} {100 * m['M_F']:6.2f} {sec:8.1f}" for name, m, sec in rows]
+    delta = rows[0][1]["M_J"] - rows[1][1]["M_J"]
+    lines.append(f"{precision} - fp32: M_J {100 * delta:+.2f} points (official protocol)")
     return "\n".join(lines)

@@ -25,6 +25,8 @@ from typing import Any, Optional, Union
 SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 GRAPH_ROLES = ("full", "encoder", "temporal", "decoder")
+PRECISIONS = ("fp32", "fp16", "int8")
+REDUCED_PRECISIONS = PRECISIONS[1:]
 REBUILD_COMMAND = "python -m export.build_engine --model {model} --out {out}"
 
 
@@ -185,6 +187,56 @@ class Fp16Report:
 
 
 @dataclass(frozen=True)
+class AccuracyRecord:
+    """A precision measured against fp32 on held-out clips, through the streaming graphs as the runtime runs them.
+
+    ``fp32`` and ``reduced`` hold ``M_J`` and ``M_F`` against the ground truth (empty without one);
+    ``mask_agreement`` is the fraction of mask pixels equal to fp32's; ``foreground_iou`` the mean per-frame IoU of
+    the two masks' foreground; ``logits_error`` is ``mean |logits - logits_fp32| / mean |logits_fp32|``.
+    """
+    data: str
+    clips: int
+    frames: int
+    fp32: dict[str, float]
+    reduced: dict[str, float]
+    mask_agreement: float
+    foreground_iou: float
+    logits_error: float
+
+
+@dataclass(frozen=True)
+class CalibrationRecord:
+    """Where the INT8 ranges came from: the data, how many clips and frames, and the range method."""
+    data: str
+    clips: int
+    frames: int
+    method: str
+
+
+@dataclass(frozen=True)
+class PrecisionRecord:
+    """A reduced precision the artifact was checked for (see ``python -m calibration``).
+
+    ``graphs`` are the Q/DQ graphs of ``int8`` by role (same tensors as the fp32 ones); ``fp16`` has none (its
+    engines are built from the fp32 graphs). ``backends`` run it; ``keep_fp32`` lists, per role, the nodes left
+    in fp32 (the scan always; for INT8, the module groups the sensitivity sweep found harmful, named in
+    ``keep_fp32_groups``; ``group_errors`` has each group's mask disagreement when alone in the reduced
+    precision). ``passed`` says whether ``accuracy`` is within ``bounds`` (``M_J`` drop, ``mask_agreement``).
+    """
+    precision: str
+    method: str
+    backends: list[str]
+    graphs: dict[str, GraphSpec]
+    keep_fp32_groups: list[str]
+    keep_fp32: dict[str, list[str]]
+    group_errors: dict[str, float]
+    calibration: Optional[CalibrationRecord]
+    accuracy: AccuracyRecord
+    bounds: dict[str, float]
+    passed: bool
+
+
+@dataclass(frozen=True)
 class EngineRecord:
     """A TensorRT engine (raw plan) built from one graph, with the cache key it was built under."""
     graph: str
@@ -223,9 +275,14 @@ class Manifest:
     engine: EngineStatus
     created_utc: str
     files: dict[str, str] = field(default_factory=dict)
+    precisions: dict[str, PrecisionRecord] = field(default_factory=dict)
 
-    def graph(self, role: str) -> GraphSpec:
-        """The graph with ``role`` ('full', 'encoder', 'temporal' or 'decoder')."""
+    def graph(self, role: str, precision: str = "fp32") -> GraphSpec:
+        """The graph with ``role`` ('full', 'encoder', 'temporal' or 'decoder'); for ``int8``, its Q/DQ graph where
+        it has one (a graph left wholly in fp32 has none)."""
+        record = self.precisions.get(precision)
+        if record is not None and role in record.graphs:
+            return record.graphs[role]
         if role not in self.graphs:
             raise ManifestError(f"manifest has no {role!r} graph (it has {', '.join(self.graphs)})")
         return self.graphs[role]
@@ -299,6 +356,13 @@ def manifest_from_dict(data: dict[str, Any]) -> Manifest:
     for role, graph in manifest.graphs.items():
         if role not in GRAPH_ROLES or graph.role != role:
             raise ManifestError(f"graphs.{role}: unknown graph role (expected one of {', '.join(GRAPH_ROLES)})")
+    for precision, record in manifest.precisions.items():
+        if precision not in REDUCED_PRECISIONS or record.precision != precision:
+            raise ManifestError(f"precisions.{precision}: unknown precision (expected one of "
+                                f"{', '.join(REDUCED_PRECISIONS)})")
+        for role, graph in record.graphs.items():
+            if role not in manifest.graphs or graph.role != role:
+                raise ManifestError(f"precisions.{precision}.graphs.{role}: no fp32 graph of that role")
     return manifest
 
 
@@ -313,6 +377,11 @@ def named_files(manifest: Manifest) -> dict[str, str]:
         named[graph.file] = f"graphs.{role}.file"
         if graph.external_data:
             named[graph.external_data] = f"graphs.{role}.external_data"
+    for precision, record in manifest.precisions.items():
+        for role, graph in record.graphs.items():
+            named[graph.file] = f"precisions.{precision}.graphs.{role}.file"
+            if graph.external_data:
+                named[graph.external_data] = f"precisions.{precision}.graphs.{role}.external_data"
     engine = manifest.engine
     for index, record in enumerate(engine.engines):
         named[record.file] = f"engine.engines[{index}].file"

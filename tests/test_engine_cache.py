@@ -15,7 +15,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.engine import BuildOptions, BuildProgress, EngineBuildError, build_serialized_engine, onnx_nodes_of_layer
+from export.engine import (PRECISIONS, BuildOptions, BuildProgress, EngineBuildError, build_serialized_engine,
+                           onnx_nodes_of_layer)
 from runtime.engine_cache import EngineCache, EngineKey, graph_sha256, import_tensorrt, tensorrt_version
 from runtime.gpu import probe_gpu
 
@@ -81,10 +82,14 @@ def test_stale_engine_is_rebuilt_with_the_reason(tmp_path, change, reason):
 
 def test_precisions_are_cached_side_by_side(tmp_path):
     cache, builder = EngineCache(tmp_path), Builder()
-    fp16, _, _ = _get(cache, KEY, builder)
-    fp32, _, _ = _get(cache, dataclasses.replace(KEY, precision="fp32"), builder)
-    assert fp16 != fp32 and builder.calls == 2
+    paths = [_get(cache, dataclasses.replace(KEY, precision=precision), builder)[0] for precision in PRECISIONS]
+    assert [p.name for p in paths] == ["decoder.fp32.engine", "decoder.fp16.engine", "decoder.int8.engine"]
+    assert builder.calls == 3 and all(cache.check(p, dataclasses.replace(KEY, precision=precision)) == (True, "")
+                                      for p, precision in zip(paths, PRECISIONS))
     assert not _get(cache, KEY, builder)[1]
+    # an int8 plan is never taken for the fp32 engine of the same graph, nor the other way round
+    assert cache.check(paths[2], dataclasses.replace(KEY, precision="fp32"))[1] == \
+        "precision was 'int8', now 'fp32'"
 
 
 @pytest.mark.parametrize("damage, reason", [

@@ -2,14 +2,19 @@
 
 TensorRT-RTX (``pip install tensorrt-rtx``) runs its ONNX parser and builder without a GPU; full TensorRT cannot be
 installed on CI machines. The graphs come from the session's one ``python -m export.build_engine`` run (``artifact`` in tests/conftest.py).
+The int8 cases quantize the tiny artifact's decoder (``tiny_artifact``) with ONNX Runtime's ``quantize_static``.
 """
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from export.engine import BuildOptions, BuildProgress, EngineBuildError, build_serialized_engine
 from plugins.scan_contract import DOMAIN, INPUT_NAMES, OP_TYPE, OPSET_VERSION, REQUIRED_INPUTS, node_attributes
@@ -17,9 +22,10 @@ from plugins.scan_contract import DOMAIN, INPUT_NAMES, OP_TYPE, OPSET_VERSION, R
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install tensorrt-rtx)")
 
 
-def _build(path) -> tuple[bytes, BuildProgress]:
+def _build(path, precision: str = "fp32") -> tuple[bytes, BuildProgress]:
     progress = BuildProgress(path.stem, stream=io.StringIO(), enabled=False)
-    return build_serialized_engine(trt, path, BuildOptions(workspace_gb=1), progress, say=lambda _: None), progress
+    options = BuildOptions(precision=precision, workspace_gb=1)
+    return build_serialized_engine(trt, path, options, progress, say=lambda _: None), progress
 
 
 def test_full_graph_with_lowered_scan_builds(artifact):
@@ -53,3 +59,78 @@ def test_scan_node_is_looked_up_as_our_plugin(tmp_path):
     message = str(info.value)
     assert f"node scan0 ({OP_TYPE})" in message and "Plugin not found" in message
     assert "--plugin-lib" in message and "--scan lowered" in message
+
+
+#: The Q/DQ layout TensorRT takes: signed int8, per-channel weights, symmetric activations, no int32 bias Q/DQ.
+QDQ_OPTIONS = dict(quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                   weight_type=QuantType.QInt8,
+                   extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+#: Q/DQ on the inputs of the weighted layers only: TensorRT-RTX 1.7 refuses quantize_static's default, which also
+#: quantizes scalar constants feeding Add/Sub (test_qdq_graphs_tensorrt_refuses_fail_with_advice).
+WEIGHTED_OPS = ["Conv", "MatMul", "Gemm"]
+
+
+class _RandomBatches(CalibrationDataReader):
+    """A few random batches of every graph input, as calibration data."""
+
+    def __init__(self, graph: Path, batches: int = 3):
+        inputs = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"]).get_inputs()
+        rng = np.random.default_rng(0)
+        self.feeds = iter([{i.name: rng.standard_normal(i.shape).astype(np.float32) for i in inputs}
+                           for _ in range(batches)])
+
+    def get_next(self):
+        return next(self.feeds, None)
+
+
+def _quantize(graph: Path, out: Path, **changes) -> Path:
+    options = dict(QDQ_OPTIONS, op_types_to_quantize=WEIGHTED_OPS)
+    options.update(changes)
+    quantize_static(str(graph), str(out), _RandomBatches(graph), **options)
+    return out
+
+
+@pytest.fixture(scope="module")
+def qdq_decoder(tiny_artifact, tmp_path_factory) -> Path:
+    """The tiny artifact's decoder (convolutions, attention, norms, resizes), explicitly quantized."""
+    return _quantize(tiny_artifact / "decoder.onnx", tmp_path_factory.mktemp("qdq") / "decoder.qdq.onnx")
+
+
+def test_int8_engine_builds_from_a_qdq_graph(qdq_decoder):
+    graph = onnx.load(str(qdq_decoder)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "MatMul"} <= ops
+    weights = {i.name: i for i in graph.initializer}
+    quantized = [weights[n.input[0]] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights]
+    assert quantized and {w.data_type for w in quantized} == {TensorProto.INT8}   # int8 weights, no int32 bias
+    plan, progress = _build(qdq_decoder, "int8")
+    assert len(plan) > 100_000 and "Building engine" in progress.phases_seen
+
+
+def test_int8_needs_a_quantized_graph(tiny_artifact):
+    with pytest.raises(EngineBuildError, match="decoder.onnx has no QuantizeLinear/DequantizeLinear nodes.*"
+                                               "quantize_static"):
+        _build(tiny_artifact / "decoder.onnx", "int8")
+
+
+def test_quantized_graph_needs_int8(qdq_decoder):
+    with pytest.raises(EngineBuildError, match=r"decoder.qdq.onnx is explicitly quantized \(\d+ Q/DQ layers\): "
+                                               "build it with --precision int8"):
+        _build(qdq_decoder, "fp32")
+
+
+@pytest.mark.parametrize("changes, trt_says, advice", [
+    (dict(op_types_to_quantize=None), "Quantized constant", "op_types_to_quantize"),
+    (dict(extra_options=dict(QDQ_OPTIONS["extra_options"], ActivationSymmetric=False)), "zero point",
+     "ActivationSymmetric=True"),
+    (dict(extra_options=dict(QDQ_OPTIONS["extra_options"], QuantizeBias=True)), "has type Int32",
+     "QuantizeBias=False"),
+], ids=["every-op", "asymmetric", "int32-bias"])
+def test_qdq_graphs_tensorrt_refuses_fail_with_advice(tiny_artifact, tmp_path, changes, trt_says, advice):
+    """What TensorRT-RTX 1.7 refuses: Q/DQ on scalar constants (quantize_static's default op list) at build time;
+    non-zero zero points (asymmetric activations) and int32 bias Q/DQ at parse time. The error adds what to change."""
+    graph = _quantize(tiny_artifact / "decoder.onnx", tmp_path / "decoder.bad.onnx", **changes)
+    with pytest.raises(EngineBuildError) as info:
+        _build(graph, "int8")
+    message = str(info.value)
+    assert "decoder.bad.onnx" in message and trt_says in message and advice in message

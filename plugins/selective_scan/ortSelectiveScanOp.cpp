@@ -5,7 +5,8 @@
 // that accepts any types and fails session creation with a message naming the offending input. Optional inputs D, z
 // and delta_bias may be empty names anywhere in the input list: inputs are read by position, the contract's one role
 // rule. Roles, shape rules and the kernel parameters come from selectiveScanContract.h; every violation becomes an
-// ORT status naming the input and what it should be; no exception leaves this library.
+// ORT status naming the input and what it should be; no exception leaves this library. The CPU kernel's tasks run
+// on the session's intra-op thread pool (KernelContext_ParallelFor), so intra_op_num_threads bounds the threads.
 //
 // NOTE: written on Ort::CustomOpBase, not the Lite API (onnxruntime_lite_custom_op.h). The Lite API derives the schema
 // from the compute signature, but its std::optional inputs only cover trailing omissions: an optional input left
@@ -138,7 +139,25 @@ struct SelectiveScanKernel
         {
             return invalid(problem);
         }
-        if (selectiveScanCpu(params, 0) != kSCAN_CPU_SUCCESS)
+        return runOnIntraOpPool(context, params);
+    }
+
+    //! The kernel's tasks on the session's intra-op thread pool (intra_op_num_threads; none for 1): no thread is
+    //! started here, and a scan never uses more threads than the session was given.
+    static Ort::Status runOnIntraOpPool(Ort::KernelContext context, SelectiveScanParams const& params)
+    {
+        SelectiveScanCpuJob job(params);
+        if (job.status() != kSCAN_CPU_SUCCESS)
+        {
+            return invalid("SelectiveScan: the CPU kernel refused its parameters");
+        }
+        Ort::Status status(Ort::GetApi().KernelContext_ParallelFor(
+            context.GetOrtKernelContext(), &SelectiveScanCpuJob::runTask, job.taskCount(), 0, &job));
+        if (!status.IsOK())
+        {
+            return status;
+        }
+        if (job.status() != kSCAN_CPU_SUCCESS)
         {
             return Ort::Status("SelectiveScan: out of memory for the CPU kernel's scratch buffers", ORT_FAIL);
         }

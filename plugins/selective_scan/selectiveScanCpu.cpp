@@ -8,11 +8,9 @@
 #include "selectiveScanCpu.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <new>
-#include <thread>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
@@ -31,8 +29,8 @@ namespace
 
 constexpr int32_t kLANES = 16;
 constexpr int32_t kCHUNK = 64;
-//! Below this many state updates per thread (channel x step x state), extra threads cost more than they save.
-constexpr int64_t kMIN_WORK_PER_THREAD = int64_t{1} << 20;
+//! Below this many state updates per task (channel x step x state), another thread costs more than it saves.
+constexpr int64_t kMIN_WORK_PER_TASK = int64_t{1} << 20;
 
 // ---- fp16 <-> fp32 on bits (uint16_t holds IEEE binary16; no _Float16 or __fp16 needed) ----
 
@@ -370,71 +368,70 @@ void scanBlock(SelectiveScanParams const& p, int32_t batchIdx, int32_t channel0,
 
 } // namespace
 
-int32_t selectiveScanCpu(SelectiveScanParams const& params, int32_t numThreads) noexcept
+SelectiveScanCpuJob::SelectiveScanCpuJob(SelectiveScanParams const& params) noexcept
+    : mParams(params)
 {
     if (validateSelectiveScanParams(params) != nullptr
         || (params.dataType != ScanDataType::kFLOAT32 && params.dataType != ScanDataType::kFLOAT16))
     {
-        return kSCAN_CPU_INVALID_PARAMS;
+        mStatus.store(kSCAN_CPU_INVALID_PARAMS);
+        return;
     }
-    int32_t const perGroup = params.dim / params.ngroups;
-    int64_t const blocksPerGroup = (perGroup + kLANES - 1) / kLANES;
-    int64_t const totalBlocks = static_cast<int64_t>(params.batch) * params.ngroups * blocksPerGroup;
+    mPerGroup = params.dim / params.ngroups;
+    mBlocksPerGroup = (mPerGroup + kLANES - 1) / kLANES;
+    mTotalBlocks = static_cast<int64_t>(params.batch) * params.ngroups * mBlocksPerGroup;
     int64_t const work = static_cast<int64_t>(params.batch) * params.dim * params.seqlen * params.dstate;
+    mTaskCount = std::max<int64_t>(1, std::min(mTotalBlocks, work / kMIN_WORK_PER_TASK));
+}
 
-    int64_t threads = numThreads > 0 ? numThreads : std::max<int64_t>(1, std::thread::hardware_concurrency());
-    threads = std::max<int64_t>(1, std::min({threads, totalBlocks, work / kMIN_WORK_PER_THREAD}));
+int32_t SelectiveScanCpuJob::status() const noexcept
+{
+    return mStatus.load();
+}
 
-    std::atomic<int64_t> nextBlock{0};
-    std::atomic<int32_t> status{kSCAN_CPU_SUCCESS};
-    auto worker = [&]() noexcept {
-        try
-        {
-            Workspace ws(params.dstate);
-            for (int64_t i = nextBlock.fetch_add(1); i < totalBlocks && status.load() == kSCAN_CPU_SUCCESS;
-                 i = nextBlock.fetch_add(1))
-            {
-                int32_t const block = static_cast<int32_t>(i % blocksPerGroup);
-                int64_t const rest = i / blocksPerGroup;
-                int32_t const group = static_cast<int32_t>(rest % params.ngroups);
-                int32_t const batchIdx = static_cast<int32_t>(rest / params.ngroups);
-                int32_t const channel0 = group * perGroup + block * kLANES;
-                int32_t const width = std::min(kLANES, perGroup - block * kLANES);
-                if (params.dataType == ScanDataType::kFLOAT16)
-                {
-                    scanBlock<uint16_t>(params, batchIdx, channel0, width, ws);
-                }
-                else
-                {
-                    scanBlock<float>(params, batchIdx, channel0, width, ws);
-                }
-            }
-        }
-        catch (std::bad_alloc const&)
-        {
-            status.store(kSCAN_CPU_OUT_OF_MEMORY);
-        }
-    };
+size_t SelectiveScanCpuJob::taskCount() const noexcept
+{
+    return static_cast<size_t>(mTaskCount);
+}
 
-    std::vector<std::thread> pool;
+void SelectiveScanCpuJob::runTask(void* job, size_t /*index*/) noexcept
+{
+    static_cast<SelectiveScanCpuJob*>(job)->drainBlocks();
+}
+
+void SelectiveScanCpuJob::drainBlocks() noexcept
+{
+    SelectiveScanParams const& params = mParams;
+    if (mNextBlock.load() >= mTotalBlocks || mStatus.load() != kSCAN_CPU_SUCCESS)
+    {
+        return; // a task started after the others took every block: no scratch to allocate
+    }
     try
     {
-        pool.reserve(static_cast<size_t>(threads - 1));
-        for (int64_t t = 1; t < threads; ++t)
+        Workspace ws(params.dstate);
+        for (int64_t i = mNextBlock.fetch_add(1); i < mTotalBlocks && mStatus.load() == kSCAN_CPU_SUCCESS;
+             i = mNextBlock.fetch_add(1))
         {
-            pool.emplace_back(worker);
+            int32_t const block = static_cast<int32_t>(i % mBlocksPerGroup);
+            int64_t const rest = i / mBlocksPerGroup;
+            int32_t const group = static_cast<int32_t>(rest % params.ngroups);
+            int32_t const batchIdx = static_cast<int32_t>(rest / params.ngroups);
+            int32_t const channel0 = group * mPerGroup + block * kLANES;
+            int32_t const width = std::min(kLANES, mPerGroup - block * kLANES);
+            if (params.dataType == ScanDataType::kFLOAT16)
+            {
+                scanBlock<uint16_t>(params, batchIdx, channel0, width, ws);
+            }
+            else
+            {
+                scanBlock<float>(params, batchIdx, channel0, width, ws);
+            }
         }
     }
-    catch (...)
+    catch (std::bad_alloc const&)
     {
-        // Fewer threads than asked for (or none): the calling thread drains the remaining blocks.
+        mStatus.store(kSCAN_CPU_OUT_OF_MEMORY);
     }
-    worker();
-    for (auto& thread : pool)
-    {
-        thread.join();
-    }
-    return status.load();
 }
 
 } // namespace avs

@@ -160,7 +160,7 @@ class OrtRunner:
         if provider != "TensorrtExecutionProvider":
             return {}
         return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(Path(artifact_dir) / "ort_trt_cache"),
-                "trt_fp16_enable": str(precision == "fp16")}
+                "trt_fp16_enable": str(precision == "fp16"), "trt_int8_enable": str(precision == "int8")}
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph on named inputs (checked against the manifest); named outputs."""
@@ -176,9 +176,13 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, artifact_dir: Path, manifest: Manifest, roles: Sequence[str],
-                 providers: Optional[Sequence[str]] = None):
-        self._runners = {role: OrtRunner(artifact_dir, manifest.graph(role), providers, manifest.precision)
-                         for role in roles}
+                 providers: Optional[Sequence[str]] = None, precision: str = "fp32",
+                 graphs: Optional[dict[str, GraphSpec]] = None):
+        """``precision`` 'int8' runs the artifact's Q/DQ graphs; ``graphs`` (role -> spec, ``file`` relative to
+        ``artifact_dir`` or absolute) replaces the manifest's, e.g. for candidate graphs during calibration."""
+        self.precision = precision
+        specs = {role: (graphs or {}).get(role) or manifest.graph(role, precision) for role in roles}
+        self._runners = {role: OrtRunner(artifact_dir, specs[role], providers, precision) for role in roles}
         used = sorted({p for r in self._runners.values() for p in r.providers}, key=PROVIDER_PREFERENCE.index)
         custom = any(r.uses_custom_ops for r in self._runners.values())
         self.providers = used

@@ -61,16 +61,17 @@ def tensor_table(engine: Any, trt: Any) -> list[TensorInfo]:
     return table
 
 
-def engines_for_this_machine(artifact_dir: Path, manifest: Manifest, roles: Sequence[str]
+def engines_for_this_machine(artifact_dir: Path, manifest: Manifest, roles: Sequence[str], precision: str = "fp32"
                              ) -> tuple[Optional[dict[str, EngineRecord]], str]:
-    """``({role: record}, "")`` when every role has an engine built for this GPU and TensorRT, else ``(None, why)``."""
+    """``({role: record}, "")`` when every role has a ``precision`` engine built for this GPU and TensorRT, else
+    ``(None, why)``."""
     status = manifest.engine
     if not status.built:
         return None, f"the artifact has no TensorRT engines ({status.reason})"
-    records = {r.graph: r for r in status.engines}
+    records = {r.graph: r for r in status.engines if r.precision == precision}
     missing = [role for role in roles if role not in records]
     if missing:
-        return None, f"the artifact has no engine for the {', '.join(missing)} graph(s)"
+        return None, f"the artifact has no {precision} engine for the {', '.join(missing)} graph(s)"
     trt, why = import_tensorrt()
     if trt is None:
         return None, why
@@ -82,8 +83,9 @@ def engines_for_this_machine(artifact_dir: Path, manifest: Manifest, roles: Sequ
     cache = EngineCache(artifact_dir)
     for role in roles:
         record = records[role]
-        key = EngineKey(graph_sha256(artifact_dir / manifest.graph(role).file), tensorrt_version(trt), gpu.name,
-                        gpu.compute_capability, record.precision, plugin_sha)
+        graph = artifact_dir / manifest.graph(role, precision).file
+        key = EngineKey(graph_sha256(graph), tensorrt_version(trt), gpu.name, gpu.compute_capability,
+                        record.precision, plugin_sha)
         ok, why = cache.check(artifact_dir / record.file, key)
         if not ok:
             return None, f"engine {record.file} does not fit this machine: {why}"
@@ -194,7 +196,9 @@ class TensorRTBackend:
     """TensorRT engines for the requested graphs (see :func:`engines_for_this_machine`)."""
     name = "tensorrt"
 
-    def __init__(self, artifact_dir: Path, manifest: Manifest, engines: dict[str, EngineRecord]):
+    def __init__(self, artifact_dir: Path, manifest: Manifest, engines: dict[str, EngineRecord],
+                 precision: str = "fp32"):
+        self.precision = precision
         trt, why = import_tensorrt()
         if trt is None:
             raise BackendError(why)
@@ -205,7 +209,7 @@ class TensorRTBackend:
         self._cuda = CudaApi()
         runtime = trt.Runtime(self._logger)
         self._runners = {role: TrtRunner(trt, runtime, (Path(artifact_dir) / record.file).read_bytes(),
-                                         manifest.graph(role), self._cuda)
+                                         manifest.graph(role, precision), self._cuda)
                          for role, record in engines.items()}
         gpu, _ = probe_gpu()
         precision = {r.precision for r in engines.values()}
