@@ -134,3 +134,14 @@ def test_qdq_graphs_tensorrt_refuses_fail_with_advice(tiny_artifact, tmp_path, c
         _build(graph, "int8")
     message = str(info.value)
     assert "decoder.bad.onnx" in message and trt_says in message and advice in message
+
+
+@pytest.mark.parametrize("role", ["encoder", "temporal", "decoder"])
+def test_calibrated_int8_graphs_build(int8_demo, role):
+    """The Q/DQ graphs ``python -m calibration`` wrote for the trained demo model parse and build as INT8."""
+    from runtime.manifest import load_manifest
+
+    spec = load_manifest(int8_demo).graph(role, "int8")
+    plan = build_serialized_engine(trt, int8_demo / spec.file, BuildOptions(precision="int8" if ".int8." in spec.file
+                                                                           else "fp32"), say=lambda line: None)
+    assert len(plan) > 10_000
