@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from runtime.backends import BACKENDS, PRECISION_CHOICES
 from runtime.cli import DEMO_MODEL, LIVE_AUDIO_WAIT, ExitCode
 from runtime.render import overlay
 from runtime.ros2 import RosUnavailable, import_rclpy
@@ -34,8 +35,6 @@ from runtime.ros2.images import compressed_to_bgr, fill_image, image_to_bgr
 
 __all__ = ["PARAMETERS", "Parameter", "AvsNode", "NodeError", "main"]
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
 QOS_CHOICES = ("sensor_data", "reliable", "system_default")
 DROP_POLICIES = ("newest", "queue")
 TRANSPORTS = ("raw", "compressed")
@@ -54,7 +53,8 @@ PARAMETERS = (
                                f"{DEMO_MODEL}, built on first use in the avs-stream --demo cache"),
     Parameter("backend", "auto", "auto (TensorRT when engines fit this machine, else ONNX Runtime), tensorrt or "
                                  "onnxruntime"),
-    Parameter("precision", "auto", "auto, fp32, fp16 or int8; passed to the Segmenter when not auto"),
+    Parameter("precision", "auto", "auto (the fastest precision the artifact was validated for on the "
+                                      "backend), fp32, fp16 (TensorRT) or int8 (python -m calibration)"),
     Parameter("threshold", 0.0, "mask threshold of binary models, in (0, 1); 0: the artifact's"),
     Parameter("mic", "default", "microphone: default, a name or an index (avs-stream --list-devices); none: "
                                 "the model hears silence"),
@@ -163,7 +163,7 @@ class AvsNode:
     def _check_parameters(self) -> None:
         p = self.params
         _choice("backend", p["backend"], BACKENDS)
-        _choice("precision", p["precision"], PRECISIONS)
+        _choice("precision", p["precision"], PRECISION_CHOICES)
         _choice("qos", p["qos"], QOS_CHOICES)
         _choice("output_qos", p["output_qos"], QOS_CHOICES)
         _choice("drop_policy", p["drop_policy"], DROP_POLICIES)
@@ -232,11 +232,9 @@ class AvsNode:
                 model_dir = ensure_artifacts(demo_cache_dir() / DEMO_MODEL, DEMO_MODEL, self.log.info)
         except ArtifactError as exc:
             raise NodeError(ExitCode.ARTIFACTS, str(exc)) from None
-        options = {} if p["precision"] == "auto" else {"precision": p["precision"]}
         try:
-            return Segmenter(model_dir, p["backend"], threshold=p["threshold"] or None,
-                             audio=bool(p["audio_file"]) or p["mic"].strip().lower() != "none", say=self.log.info,
-                             **options)
+            return Segmenter(model_dir, p["backend"], precision=p["precision"], threshold=p["threshold"] or None,
+                             audio=bool(p["audio_file"]) or p["mic"].strip().lower() != "none", say=self.log.info)
         except ManifestError as exc:
             raise NodeError(ExitCode.ARTIFACTS, str(exc)) from None
         except BackendError as exc:
