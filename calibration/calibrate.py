@@ -26,7 +26,7 @@ from calibration.int8 import METHODS, QDQ_SETTINGS, CalibrationError, quantize_g
 from calibration.streaming import Run, compare, run_clips
 from runtime.backends import STREAMING_ROLES
 from runtime.engine_cache import graph_sha256
-from runtime.manifest import (AccuracyRecord, CalibrationRecord, GraphSpec, Manifest, PrecisionRecord, load_manifest,
+from runtime.manifest import (AccuracyRecord, CalibrationRecord, Manifest, PrecisionRecord, load_manifest,
                               write_manifest)
 
 __all__ = ["BOUNDS", "DEFAULTS", "calibrate_artifact", "format_table"]
@@ -137,11 +137,13 @@ def _int8(model_dir: Path, manifest: Manifest, work: Path, source, ranges: ClipL
 
 def _fp16(model_dir: Path, manifest: Manifest, work: Path, source, held_out: Run,
           say: Callable[[str], None]) -> PrecisionRecord:
-    files, keep = {}, {}
+    files, keep, scan = {}, {}, False
     for role in STREAMING_ROLES:
         model = onnx.load(str(model_dir / manifest.graph(role).file))
         kept = set(manifest.fp16.keep_fp32_nodes.get(role, ())) if manifest.fp16 else set()
-        kept |= {n.name for n in model.graph.node if is_scan_node(n)}
+        scan_nodes = {n.name for n in model.graph.node if is_scan_node(n)}
+        scan = scan or bool(scan_nodes)
+        kept |= scan_nodes
         keep[role] = sorted(kept)
         files[role] = work / f"{role}.fp16-emulated.onnx"
         onnx.save(emulate_fp16(model, [n.name for n in model.graph.node if n.name not in kept]), str(files[role]))
@@ -151,7 +153,7 @@ def _fp16(model_dir: Path, manifest: Manifest, work: Path, source, held_out: Run
     bounds = BOUNDS["fp16"]
     groups = manifest.fp16.keep_fp32_groups if manifest.fp16 else []
     return PrecisionRecord(precision="fp16", method=FP16_METHOD, backends=["tensorrt"], graphs={},
-                           keep_fp32_groups=sorted(set(groups) | {SCAN_GROUP} if any(keep.values()) else groups),
+                           keep_fp32_groups=sorted(set(groups) | ({SCAN_GROUP} if scan else set())),
                            keep_fp32=keep, group_errors={}, calibration=None, accuracy=accuracy, bounds=bounds,
                            passed=_passed(accuracy, bounds))
 
