@@ -616,8 +616,13 @@ def run(args, say: Callable[[str], None] = print) -> int:
 
         for name in list_models(task="segmentation"):
             note = "   (default for --model selm)" if name == DEFAULT_VARIANT else ""
-            if not pretrained_cfg(name).file:
+            cfg = pretrained_cfg(name)
+            if cfg.bundled:
+                note = "   (trained here on synthetic data; weights shipped)"
+            elif name.endswith("-test"):
                 note = "   (tiny test variant: random weights only)"
+            elif not cfg.file:
+                note = "   (no released weights: random unless --checkpoint)"
             say(name + note)
         return 0
     name = resolve_model_name(args.model)

@@ -45,7 +45,7 @@ def torch_predictor(model: torch.nn.Module, vggish: torch.nn.Module, device: Opt
         valid = None
         if cfg.setting == "avss":
             valid = torch.from_numpy(np.arange(t) < n).to(device)
-            embed = embed * valid.float().unsqueeze(1)
+            embed = embed * valid.float().reshape(-1, *[1] * (embed.dim() - 1))   # [T,128] or a [T,C,6,4] map
         elif n != t:
             raise DatasetError(f"clip {clip.name} has {n} frames; {cfg.name} takes {t}")
         logits = model(frames, embed, valid)[:n].cpu()

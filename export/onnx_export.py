@@ -1,4 +1,4 @@
-"""ONNX graphs of a SelM model: the full clip graph and the streaming split (encoder, temporal, decoder).
+"""ONNX graphs of a SelM or SDAVS model: the full clip graph and the streaming split (encoder, temporal, decoder).
 
 VGGish is inside the graphs that take audio, so every graph is fed VGGish log-mel examples directly (the
 runtime computes log-mel and nothing else)::
@@ -12,6 +12,15 @@ Streaming: run the encoder once per new frame, keep its ``pooled``/``audio`` (an
 temporal graph on the last T tokens and decode the newest frame with row T-1 of ``gates``/``audio_out``: this
 equals the full graph's output for that frame. All shapes are static (SelM's learned positional embeddings fix
 the resolution; T is the model's clip length).
+
+SDAVS (``export.models.sdavs``) mixes frames in every fusion stage (DAMF's causal 3x3x3 query conv), so its split
+puts the whole fusion decoder in the temporal graph, over the window of cached encoder outputs::
+
+    encoder   frame [1,3,R,R], log_mel [1,1,96,64]  -> feat1..feat4 (backbone maps, strides 4..32), audio [1,C,6,4]
+    temporal  feat1..feat4 [T,...], audio [T,C,6,4] -> mask_logits [T,K,R/4,R/4]     (SNRP, DAMF, decoder, head)
+    decoder   mask_logits [1,K,R/4,R/4]             -> logits [1,K,224,224]          (the final resize)
+
+The fusion decoder is causal in T, so row k-1 of a window holding k frames equals the full graph's output.
 """
 from __future__ import annotations
 
@@ -36,7 +45,9 @@ GRAPH_FILES = {"full": "model.onnx", "encoder": "encoder.onnx", "temporal": "tem
                "decoder": "decoder.onnx"}
 MAP_NAMES = ("map1", "map2", "map3", "map4")
 CARRY = ("pooled", "audio")          # encoder outputs the runtime keeps per frame for the temporal graph
-EXPORTABLE_FAMILIES = ("selm",)      # families whose graphs this module knows
+FEATURE_NAMES = ("feat1", "feat2", "feat3", "feat4")
+SDAVS_CARRY = (*FEATURE_NAMES, "audio")
+EXPORTABLE_FAMILIES = ("selm", "sdavs")  # families whose graphs this module knows
 LOG_MEL_EXAMPLE = (1, 96, 64)
 LOG_MEL_RANGE = (-4.6, 3.0)          # log(0.01) (silence) .. loud speech/music, for random validation inputs
 MIN_OPSET = 18
@@ -89,6 +100,51 @@ class DecoderGraph(nn.Module):
         return self.selm.decode_frames((map1, map2, map3, map4), gates, audio_out, gumbel_noise=gumbel_noise)
 
 
+class SDAVSClipGraph(nn.Module):
+    """SDAVS, one clip: frames + log-mel -> logits, the VGGish conv map inside."""
+
+    def __init__(self, model: nn.Module, vggish: nn.Module):
+        super().__init__()
+        self.model, self.vggish = model, vggish
+
+    def forward(self, frames, log_mel):
+        return self.model(frames, self.vggish(log_mel))
+
+
+class SDAVSEncoderGraph(nn.Module):
+    """SDAVS, one frame: backbone maps and the attended audio map."""
+
+    def __init__(self, model: nn.Module, vggish: nn.Module):
+        super().__init__()
+        self.model, self.vggish = model, vggish
+
+    def forward(self, frame, log_mel):
+        feats, audio = self.model.encode_frames(frame, self.vggish(log_mel))
+        return (*feats, audio)
+
+
+class SDAVSTemporalGraph(nn.Module):
+    """SDAVS's fusion decoder over the window (the only graph that mixes frames) -> stride-4 mask logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, feat1, feat2, feat3, feat4, audio):
+        return self.model.fuse((feat1, feat2, feat3, feat4), audio)
+
+
+class SDAVSDecoderGraph(nn.Module):
+    """SDAVS, one frame: stride-4 mask logits -> logits at the output size."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, mask_logits):
+        return self.model.decode(mask_logits)
+
+
 @dataclass(frozen=True)
 class GraphDef:
     """A graph to export: its role, torch module, and the ONNX input/output names (in call order)."""
@@ -115,10 +171,32 @@ def graph_defs(selm: nn.Module, vggish: nn.Module, gumbel_input: bool) -> dict[s
     }
 
 
+def sdavs_graph_defs(model: nn.Module, vggish: nn.Module) -> dict[str, GraphDef]:
+    """The four graphs of an SDAVS model, keyed by role."""
+    return {
+        "full": GraphDef("full", SDAVSClipGraph(model, vggish), ("frames", "log_mel"), ("logits",)),
+        "encoder": GraphDef("encoder", SDAVSEncoderGraph(model, vggish), ("frame", "log_mel"), SDAVS_CARRY),
+        "temporal": GraphDef("temporal", SDAVSTemporalGraph(model), SDAVS_CARRY, ("mask_logits",)),
+        "decoder": GraphDef("decoder", SDAVSDecoderGraph(model), ("mask_logits",), ("logits",)),
+    }
+
+
+def carry_names(family: str) -> tuple[str, ...]:
+    """The encoder outputs the runtime caches per frame (= the temporal graph's inputs) for a model family."""
+    return SDAVS_CARRY if family == "sdavs" else CARRY
+
+
 def export_graphs(model: nn.Module, audio_encoder: nn.Module, gumbel_input: bool
                   ) -> tuple[dict[str, GraphDef], dict[str, GraphDef]]:
-    """``(reference, exported)``: the graphs of the model as loaded (validation's reference) and as exported, with
-    DAM's inert audio-to-visual branch folded into a constant."""
+    """``(reference, exported)``: the graphs of the model as loaded (validation's reference) and as exported; for
+    SelM with DAM's inert audio-to-visual branch folded into a constant, for SDAVS the same graphs."""
+    from export.models.sdavs import SDAVS
+
+    if isinstance(model, SDAVS):
+        if gumbel_input:
+            raise ValueError("SDAVS has no Gumbel noise: export it with --gumbel none")
+        defs = sdavs_graph_defs(model, audio_encoder)
+        return defs, defs
     folded = copy.deepcopy(model).fold_inert()
     return graph_defs(model, audio_encoder, gumbel_input), graph_defs(folded, audio_encoder, gumbel_input)
 
@@ -153,16 +231,16 @@ def sample_inputs(defs: dict[str, GraphDef], cfg, noise_shape: Optional[tuple[in
     if noise_shape is not None:
         clip["gumbel_noise"] = rng.uniform(1e-6, 1 - 1e-6, size=noise_shape).astype(np.float32)
     enc = run_torch(defs["encoder"], {"frame": frames, "log_mel": log_mel})   # all T frames in one batch
-    tem = run_torch(defs["temporal"], {"pooled": enc["pooled"], "audio": enc["audio"]})
+    temporal = {name: enc[name] for name in defs["temporal"].inputs}
+    tem = run_torch(defs["temporal"], temporal)
     newest = slice(t - 1, t)
-    decoder = {name: enc[name][newest] for name in MAP_NAMES}
-    decoder.update(gates=tem["gates"][newest], audio_out=tem["audio_out"][newest])
-    if noise_shape is not None:
-        decoder["gumbel_noise"] = clip["gumbel_noise"][newest]
+    decoder = {}
+    for name in defs["decoder"].inputs:          # as the runtime feeds it: temporal rows, else encoder outputs
+        decoder[name] = (tem[name] if name in tem else enc[name] if name in enc else clip[name])[newest]
     return {
         "full": clip,
         "encoder": {"frame": frames[newest], "log_mel": log_mel[newest]},
-        "temporal": {"pooled": enc["pooled"], "audio": enc["audio"]},
+        "temporal": temporal,
         "decoder": decoder,
     }
 
@@ -206,9 +284,10 @@ def export_graph(gdef: GraphDef, feeds: dict[str, np.ndarray], out_dir: Path, op
     (out_dir / data).unlink(missing_ok=True)
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data,
                     size_threshold=1024)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(out_dir / data, 0o666 & ~umask)       # onnx writes external data owner-only
+    if (out_dir / data).is_file():                 # a graph without weights (SDAVS's decoder) has none
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(out_dir / data, 0o666 & ~umask)   # onnx writes external data owner-only
     onnx.checker.check_model(str(path), full_check=True)
     return path
 

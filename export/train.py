@@ -1,4 +1,4 @@
-"""``python -m export.train``: train or fine-tune a SelM-family variant with the official recipe of its task.
+"""``python -m export.train``: train or fine-tune a SelM or SDAVS variant with the official recipe of its task.
 
     python -m export.train --model selm-s4-r50 --data AVSBench/Single-source --out runs/s4 \\
         --vggish vggish-10086976.pth [--init S4_R50.pth] [--epochs N] [--batch N] [--lr X] [--resume]
@@ -6,7 +6,9 @@
 Recipe (shared/specs/selm.md §1.4, §4): S4/MS3 Dice + BCE + auxiliary Dice on the decoder's three assignment
 maps (weights 0.001/0.01/0.1; S4 supervises frame 0 only, as its training masks), AVSS 71-class cross-entropy +
 aux; AdamW lr 2e-5, weight decay 0.05 (S4/MS3) or 0.01 (AVSS), batch 2/1/8, 40/100/30 epochs, frozen VGGish,
-Gumbel hard assignment with straight-through gradients, seed 123. See ``export.training.trainer`` for the files.
+Gumbel hard assignment with straight-through gradients, seed 123. SDAVS (sdavs.md §4): BCE or cross-entropy +
+IoU + Dice, AdamW lr 5e-5, batch 4, 40/60/40 epochs, frozen VGGish conv map (``--vggish``; no Gumbel noise).
+See ``export.training.trainer`` for the files.
 Exit status: 0 done, 2 bad flags or data, 130 interrupted (``--resume`` continues after the last whole epoch).
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--model", required=True, help="a registered SelM variant (python -m export.build_engine "
+    p.add_argument("--model", required=True, help="a registered SelM or SDAVS variant (python -m export.build_engine "
                                                   "--list-models)")
     p.add_argument("--data", required=True, help="AVSBench or avs-synth folder (the subset or the one above)")
     p.add_argument("--out", required=True, help="folder for best.pth, last.pth, train_state.pt, train_record.json")

@@ -291,7 +291,7 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path, monkeypatch, existing):
 def test_build_artifact_refuses_unknown_or_bad_options(tmp_path):
     with pytest.raises(TypeError, match=r"build_artifact: unknown option\(s\) precison; known: atol, "):
         build_artifact("selm-test", tmp_path / "o", precison="fp16")
-    with pytest.raises(UserError, match="--precision must be one of fp32, fp16, got 'int4'") as err:
+    with pytest.raises(UserError, match="--precision must be one of fp32, fp16, int8, got 'int4'") as err:
         build_artifact("selm-test", tmp_path / "o", precision="int4")
     assert err.value.exit_status == 1 and not (tmp_path / "o").exists()
     with pytest.raises(UserError, match="vggish-test is an audio encoder"):
@@ -302,6 +302,7 @@ def test_list_models_and_help(capsys):
     code, out, _ = _cli(capsys, "--list-models")
     assert code == 0 and "selm-s4-r50   (default for --model selm)" in out and "selm-avss-pvt" in out
     assert "selm-test   (tiny test variant" in out and "vggish" not in out
+    assert "selm-s4-demo   (trained here on synthetic data; weights shipped)" in out
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     assert info.value.code == 0 and "examples:" in capsys.readouterr().out

@@ -14,6 +14,9 @@ OFFICIAL_MODELS = ["selm-avss-pvt", "selm-avss-r50", "selm-ms3-pvt", "selm-ms3-r
                    "vggish"]
 TEST_MODELS = ["selm-test", "vggish-test"]
 DEMO_MODELS = ["selm-s4-demo", "vggish-demo"]     # trained here (python -m export.train_demo), weights shipped
+SDAVS_MODELS = [f"sdavs-{s}-{b}" for s in ("s4", "ms3", "avss") for b in ("swinb", "pvt")] + ["sdavs-test"]
+SDAVS_DEMO = ["sdavs-s4-demo", "vggish-demo-map"]  # python -m export.train_sdavs_demo; vggish-demo-map = vggish-demo
+AUDIO_MAPS = ["vggish-map", "vggish-test-map"]    # VGGish conv-map encoders of SDAVS: VGGish's own weight files
 
 
 def _manifest_dir() -> Path:
@@ -35,9 +38,17 @@ def _read_manifest(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
 
 
 def test_registry_holds_the_official_models_and_the_test_variants():
-    assert list_models() == sorted(OFFICIAL_MODELS + TEST_MODELS + DEMO_MODELS)
-    assert [n for n in list_models() if pretrained_cfg(n).file] == OFFICIAL_MODELS   # only these have weights
-    assert [n for n in list_models() if pretrained_cfg(n).bundled] == DEMO_MODELS     # only these ship weights
+    assert list_models() == sorted(OFFICIAL_MODELS + TEST_MODELS + DEMO_MODELS + SDAVS_MODELS + SDAVS_DEMO
+                                   + AUDIO_MAPS)
+    assert [n for n in list_models() if pretrained_cfg(n).file] == sorted(OFFICIAL_MODELS + ["vggish-map"])
+    assert [n for n in list_models() if pretrained_cfg(n).bundled] == sorted(DEMO_MODELS + SDAVS_DEMO)
+    assert pretrained_cfg("vggish-map").file == pretrained_cfg("vggish").file
+
+
+def test_vggish_map_has_the_official_vggish_state_dict():
+    with torch.device("meta"):
+        ours = {k: tuple(v.shape) for k, v in model_builder("vggish-map")().state_dict().items()}
+    assert ours == {k: shape for k, (shape, _) in _read_manifest(_manifest_dir() / "vggish.tsv").items()}
 
 
 @pytest.mark.parametrize("name", OFFICIAL_MODELS)

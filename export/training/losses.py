@@ -1,5 +1,6 @@
-"""SelM's training losses (shared/specs/selm.md §4): Dice + BCE (S4, MS3) or cross-entropy (AVSS), plus the
-auxiliary Dice terms on the decoder's token-assignment maps. Only supervised frames enter any term."""
+"""Training losses. SelM's (shared/specs/selm.md §4): Dice + BCE (S4, MS3) or cross-entropy (AVSS), plus the
+auxiliary Dice terms on the decoder's token-assignment maps. SDAVS's (sdavs.md §4): L_ce + L_iou + L_dice, equal
+weights. Only supervised frames enter any term."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -10,7 +11,8 @@ from torch import Tensor
 
 from .recipe import AUX_WEIGHTS
 
-__all__ = ["dice_loss", "aux_loss", "binary_loss", "semantic_loss"]
+__all__ = ["dice_loss", "aux_loss", "binary_loss", "semantic_loss", "iou_loss", "sdavs_binary_loss",
+           "sdavs_semantic_loss"]
 
 
 def dice_loss(logits: Tensor, target: Tensor) -> Tensor:
@@ -49,4 +51,32 @@ def semantic_loss(logits: Tensor, hits: Sequence[Tensor], labels: Tensor) -> dic
     binarised labels (label > 0). logits [F, 71, H, W], labels [F, H, W] int64."""
     terms = {"ce": F.cross_entropy(logits.float(), labels), "aux": aux_loss(hits, (labels > 0).float())}
     terms["loss"] = terms["ce"] + terms["aux"]
+    return terms
+
+
+def iou_loss(probs: Tensor, target: Tensor) -> Tensor:
+    """Soft IoU loss 1 - (sum(p g) + 1) / (sum(p + g - p g) + 1) per map; mean over maps. probs, target [M, H, W]."""
+    p, g = probs.float().flatten(1), target.float().flatten(1)
+    inter = (p * g).sum(1)
+    return (1 - (inter + 1) / ((p + g).sum(1) - inter + 1)).mean()
+
+
+def sdavs_binary_loss(logits: Tensor, masks: Tensor) -> dict[str, Tensor]:
+    """SDAVS, S4/MS3: BCE + soft IoU + Dice (``dice_loss``), equal weights. logits [F,1,H,W], masks [F,H,W]."""
+    logits = logits[:, 0].float()
+    terms = {"ce": F.binary_cross_entropy_with_logits(logits, masks), "iou": iou_loss(torch.sigmoid(logits), masks),
+             "dice": dice_loss(logits, masks)}
+    terms["loss"] = terms["ce"] + terms["iou"] + terms["dice"]
+    return terms
+
+
+def sdavs_semantic_loss(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    """SDAVS, AVSS: cross-entropy + soft IoU + soft Dice of the softmax against the one-hot labels, averaged over
+    classes. logits [F,K,H,W], labels [F,H,W] int64."""
+    probs = logits.float().softmax(dim=1).transpose(0, 1).flatten(1, 2)                # [K, F*H, W]
+    onehot = F.one_hot(labels, logits.shape[1]).permute(3, 0, 1, 2).flatten(1, 2).float()
+    inter = (probs * onehot).flatten(1).sum(1)
+    dice = 1 - (2 * inter + 1) / ((probs + onehot).flatten(1).sum(1) + 1)
+    terms = {"ce": F.cross_entropy(logits.float(), labels), "iou": iou_loss(probs, onehot), "dice": dice.mean()}
+    terms["loss"] = terms["ce"] + terms["iou"] + terms["dice"]
     return terms

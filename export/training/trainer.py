@@ -30,10 +30,10 @@ from torch.utils.data import DataLoader
 from runtime.datasets.avsbench import AVSBench, DatasetError
 
 from .data import ClipDataset, collate
-from .losses import binary_loss, semantic_loss
-from .recipe import RECIPES
+from .losses import binary_loss, sdavs_binary_loss, sdavs_semantic_loss, semantic_loss
+from .recipe import RECIPES, SDAVS_RECIPES
 
-__all__ = ["TrainConfig", "Trainer", "TrainingError", "forward_supervised"]
+__all__ = ["TrainConfig", "Trainer", "TrainingError", "forward_supervised", "forward_supervised_sdavs"]
 
 
 class TrainingError(RuntimeError):
@@ -117,6 +117,23 @@ def forward_supervised(model: nn.Module, audio_encoder: nn.Module, batch: dict, 
     return logits, hits, targets
 
 
+def forward_supervised_sdavs(model: nn.Module, audio_encoder: nn.Module, batch: dict, train_audio: bool,
+                             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDAVS: logits and targets of the batch's supervised frames. The clips run whole through the model up to
+    the batch's last supervised frame (SDAVS is causal in time, so later frames cannot change the loss)."""
+    clips = batch["frames"].shape[0]
+    keep = int(batch["supervised"].nonzero()[:, 1].max()) + 1
+    with torch.set_grad_enabled(train_audio and torch.is_grad_enabled()):
+        audio_map = audio_encoder(batch["log_mel"][:, :keep].flatten(0, 1).to(device))
+    logits = model.forward_clips(batch["frames"][:, :keep].flatten(0, 1).to(device), audio_map, clips)
+    sel = batch["supervised"][:, :keep].flatten().to(device)
+    targets = batch["masks"][:, :keep].flatten(0, 1).to(device)[sel]
+    logits = logits[sel]
+    if logits.shape[-2:] != targets.shape[-2:]:
+        logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+    return logits, targets
+
+
 def _pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -139,10 +156,11 @@ class Trainer:
 
         self.cfg, self.say, self.progress = cfg, say, progress
         pcfg = pretrained_cfg(cfg.model)
-        if pcfg.family != "selm":
-            raise TrainingError(f"--model {cfg.model}: only SelM-family variants train here (selm-*)")
+        if pcfg.family not in ("selm", "sdavs"):
+            raise TrainingError(f"--model {cfg.model}: only SelM and SDAVS variants train here (selm-*, sdavs-*)")
+        self.sdavs = pcfg.family == "sdavs"
         task = {"test": "s4"}.get(pcfg.setting, pcfg.setting)
-        self.recipe = RECIPES[task]
+        self.recipe = (SDAVS_RECIPES if self.sdavs else RECIPES)[task]
         self.epochs = cfg.epochs or self.recipe.epochs
         self.batch = cfg.batch or self.recipe.batch
         if cfg.audio_encoder not in ("frozen", "train"):
@@ -158,7 +176,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*random weights.*", category=UserWarning)
-            self.model = create_model(cfg.model, cfg.init, gumbel=cfg.gumbel)
+            self.model = create_model(cfg.model, cfg.init, **({} if self.sdavs else {"gumbel": cfg.gumbel}))
             self.audio = create_model(pcfg.audio_encoder, cfg.vggish)
         self.model.to(self.device)
         self.audio.to(self.device).requires_grad_(cfg.audio_encoder == "train")
@@ -199,18 +217,25 @@ class Trainer:
         loader = DataLoader(self.train_data, batch_size=self.batch, shuffle=True, collate_fn=collate,
                             num_workers=self.cfg.workers, generator=torch.Generator().manual_seed(
                                 self.cfg.seed * 1000 + epoch))
-        loss_fn = binary_loss if self.recipe.loss == "binary" else semantic_loss
+        loss_fn = {"binary": binary_loss, "semantic": semantic_loss}.get(self.recipe.loss)
+        sdavs_loss = sdavs_binary_loss if self.recipe.loss == "sdavs-binary" else sdavs_semantic_loss
         self.model.train()
-        self.model.gumbel = self.cfg.gumbel
+        if not self.sdavs:
+            self.model.gumbel = self.cfg.gumbel
         self.audio.train(self.cfg.audio_encoder == "train")
         sums: dict[str, float] = {}
         clips, start = 0, time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", disable=not self.progress)
         for batch in bar:
+            train_audio = self.cfg.audio_encoder == "train"
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                logits, hits, targets = forward_supervised(self.model, self.audio, batch,
-                                                           self.cfg.audio_encoder == "train", self.device)
-            terms = loss_fn(logits, hits, targets)
+                if self.sdavs:
+                    logits, targets = forward_supervised_sdavs(self.model, self.audio, batch, train_audio,
+                                                               self.device)
+                else:
+                    logits, hits, targets = forward_supervised(self.model, self.audio, batch, train_audio,
+                                                               self.device)
+            terms = sdavs_loss(logits, targets) if self.sdavs else loss_fn(logits, hits, targets)
             if not torch.isfinite(terms["loss"]):
                 raise TrainingError(f"epoch {epoch + 1}: the loss is {terms['loss'].item()}; lower --lr")
             self.optimizer.zero_grad(set_to_none=True)
@@ -234,7 +259,8 @@ class Trainer:
 
         self.model.eval()
         self.audio.eval()
-        self.model.gumbel = "none"
+        if not self.sdavs:
+            self.model.gumbel = "none"
         report = evaluate(self.val_data.data, torch_predictor(self.model, self.audio, self.device),
                           limit=self.val_data.count, progress=self.progress)
         return report["metrics"]
