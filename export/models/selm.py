@@ -38,6 +38,7 @@ from torch import Tensor
 
 from ._pretrained import AVSBENCH_CLASSES, PretrainedCfg, voc_palette
 from ._registry import pretrained_cfg, register_model, register_pretrained_cfgs
+from .layers import Mlp
 from .mamba import Mamba
 from .pvt_v2 import B5_WIDTHS, DEMO_WIDTHS, TEST_WIDTHS, pvt_v2_b5, pvt_v2_demo, pvt_v2_test
 from .resnet import B2ResNet
@@ -252,19 +253,6 @@ class BCSM(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 # CLEVER: cross-level reasoning decoder
 # ----------------------------------------------------------------------------------------------------------------
-
-class Mlp(nn.Module):
-    """fc1 -> GELU -> fc2."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
 
 class CrossAttn(nn.Module):
     """Single-head cross-attention with an optional key mask (masked keys: value 0, logit -1e4)."""

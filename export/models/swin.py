@@ -19,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .layers import Mlp
+
 __all__ = ["SwinTransformer", "swin_base_384", "swin_test", "SWIN_B_WIDTHS", "SWIN_TEST_WIDTHS"]
 
 SWIN_B_WIDTHS = (128, 256, 512, 1024)
@@ -87,19 +89,6 @@ class WindowAttention(nn.Module):
             attn = attn.reshape(bw, self.heads, n, n)
         out = attn.softmax(dim=-1) @ v
         return self.proj(out.transpose(1, 2).reshape(bw, n, c))
-
-
-class Mlp(nn.Module):
-    """fc1 -> GELU -> fc2."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class SwinBlock(nn.Module):
