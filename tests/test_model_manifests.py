@@ -17,6 +17,7 @@ DEMO_MODELS = ["selm-s4-demo", "vggish-demo"]     # trained here (python -m expo
 SDAVS_MODELS = [f"sdavs-{s}-{b}" for s in ("s4", "ms3", "avss") for b in ("swinb", "pvt")] + ["sdavs-test"]
 SDAVS_DEMO = ["sdavs-s4-demo", "vggish-demo-map"]  # python -m export.train_sdavs_demo; vggish-demo-map = vggish-demo
 AUDIO_MAPS = ["vggish-map", "vggish-test-map"]    # VGGish conv-map encoders of SDAVS: VGGish's own weight files
+AVS_MAMBA_MODELS = [f"avs-mamba-{s}-{b}" for s in ("s4", "ms3", "avss") for b in ("r50", "pvt")] + ["avs-mamba-test"]
 
 
 def _manifest_dir() -> Path:
@@ -39,7 +40,7 @@ def _read_manifest(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
 
 def test_registry_holds_the_official_models_and_the_test_variants():
     assert list_models() == sorted(OFFICIAL_MODELS + TEST_MODELS + DEMO_MODELS + SDAVS_MODELS + SDAVS_DEMO
-                                   + AUDIO_MAPS)
+                                   + AUDIO_MAPS + AVS_MAMBA_MODELS)
     assert [n for n in list_models() if pretrained_cfg(n).file] == sorted(OFFICIAL_MODELS + ["vggish-map"])
     assert [n for n in list_models() if pretrained_cfg(n).bundled] == sorted(DEMO_MODELS + SDAVS_DEMO)
     assert pretrained_cfg("vggish-map").file == pretrained_cfg("vggish").file

@@ -4,7 +4,7 @@ Importing this package imports every family file, which registers its variants a
 """
 from ._pretrained import PretrainedCfg
 from ._registry import list_models, model_builder, pretrained_cfg, register_model, register_pretrained_cfgs
-from . import sdavs, selm, vggish  # noqa: F401  (registration side effects)
+from . import avs_mamba, sdavs, selm, vggish  # noqa: F401  (registration side effects)
 from .checkpoint import CheckpointMismatchError, load_checkpoint, read_checkpoint
 from .factory import create_model
 from .selm import SelM, SelMConfig
