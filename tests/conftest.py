@@ -12,6 +12,20 @@ REPO = Path(__file__).resolve().parents[1]
 ARTIFACT_MODEL = "selm-s4-r50"
 
 
+def keyed_cache_dir(request, name: str, sources: list[Path]) -> Path:
+    """``<pytest cache>/avs-artifacts/<name>-<sha256 of sources>``; older ``<name>-*`` directories are removed, so
+    an artifact is rebuilt exactly when the code that makes it changes."""
+    key = hashlib.sha256()
+    for path in sources:
+        key.update(path.read_bytes())
+    root = Path(request.config.cache.mkdir("avs-artifacts"))
+    directory = root / f"{name}-{key.hexdigest()[:12]}"
+    for stale in root.glob(f"{name}-*"):
+        if stale != directory:
+            shutil.rmtree(stale, ignore_errors=True)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """``../shared`` beside the checkout (CI has it too), or ``$AVS_SHARED_DIR``."""
@@ -30,15 +44,8 @@ def artifact(request) -> Path:
 
     if os.environ.get("AVS_TEST_ARTIFACT"):
         return Path(os.environ["AVS_TEST_ARTIFACT"])
-    key = hashlib.sha256()
-    for path in sorted((REPO / "export").rglob("*.py")) + [REPO / "runtime" / "manifest.py"]:
-        key.update(path.read_bytes())
-    root = Path(request.config.cache.mkdir("avs-artifacts"))
-    directory = root / f"{ARTIFACT_MODEL}-{key.hexdigest()[:12]}"
-    for stale in root.glob(f"{ARTIFACT_MODEL}-*"):
-        if stale != directory:
-            shutil.rmtree(stale, ignore_errors=True)
-    return ensure_artifacts(directory, ARTIFACT_MODEL)
+    sources = sorted((REPO / "export").rglob("*.py")) + [REPO / "runtime" / "manifest.py"]
+    return ensure_artifacts(keyed_cache_dir(request, ARTIFACT_MODEL, sources), ARTIFACT_MODEL)
 
 
 @pytest.fixture(scope="session")
@@ -47,14 +54,8 @@ def tiny_artifact(request) -> Path:
     a real artifact in seconds, for tests of the runtime's behaviour rather than of SelM's numerics."""
     from export.build_engine import build_artifact
 
-    key = hashlib.sha256()
-    for path in sorted((REPO / "export").rglob("*.py")) + sorted((REPO / "runtime").glob("*.py")):
-        key.update(path.read_bytes())
-    root = Path(request.config.cache.mkdir("avs-artifacts"))
-    directory = root / f"selm-test-{key.hexdigest()[:12]}"
-    for stale in root.glob("selm-test-*"):
-        if stale != directory:
-            shutil.rmtree(stale, ignore_errors=True)
+    directory = keyed_cache_dir(request, "selm-test",
+                                sorted((REPO / "export").rglob("*.py")) + sorted((REPO / "runtime").glob("*.py")))
     if not (directory / "manifest.json").is_file():
         build_artifact("selm-test", directory, say=lambda line: None)
     return directory
@@ -67,15 +68,9 @@ def int8_demo(request) -> Path:
     it runs; about 3 minutes on 2 cores."""
     from export.build_engine import build_artifact
 
-    key = hashlib.sha256()
-    for folder in ("export", "runtime", "calibration"):
-        for path in sorted((REPO / folder).rglob("*.py")):
-            key.update(path.read_bytes())
-    root = Path(request.config.cache.mkdir("avs-artifacts"))
-    directory = root / f"selm-s4-demo-int8-{key.hexdigest()[:12]}"
-    for stale in root.glob("selm-s4-demo-int8-*"):
-        if stale != directory:
-            shutil.rmtree(stale, ignore_errors=True)
+    sources = [path for folder in ("export", "runtime", "calibration")
+               for path in sorted((REPO / folder).rglob("*.py"))]
+    directory = keyed_cache_dir(request, "selm-s4-demo-int8", sources)
     if not (directory / "manifest.json").is_file():
         build_artifact("selm-s4-demo", directory, precision="int8", calibration="synth", engine=False,
                        say=lambda line: None)
