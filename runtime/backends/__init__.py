@@ -105,17 +105,13 @@ def describe_precision(manifest: Manifest, precision: str) -> str:
     return f"{precision} ({mj}mask agreement {100 * acc.mask_agreement:.1f}% on {acc.clips} held-out clips)"
 
 
-def _check_precision(manifest: Manifest, artifact_dir: Path, precision: str, backend: str) -> None:
-    """A precision named explicitly must exist for ``backend``; one whose check failed runs with a warning only."""
-    if precision not in PRECISION_CHOICES:
-        raise BackendError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
-    if precision == "fp32" or precision == "auto":
-        return
-    if backend == "onnxruntime" and precision == "fp16":
+def _check_onnxruntime_precision(manifest: Manifest, artifact_dir: Path, precision: str) -> None:
+    """A precision named explicitly must be one ONNX Runtime can run from this artifact (fp32, or int8 graphs)."""
+    if precision == "fp16":
         raise BackendError("fp16 runs on TensorRT only (ONNX Runtime's CPU kernels have no fast fp16); use "
                            "--precision int8 or fp32 here, or build fp16 engines on the GPU with python -m "
                            f"export.build_engine --model {manifest.model.name} --out {artifact_dir} --precision fp16")
-    if backend == "onnxruntime" and precision not in manifest.precisions:
+    if precision not in ("auto", "fp32") and precision not in manifest.precisions:
         raise BackendError(f"{artifact_dir} has no {precision} graphs; add them with: "
                            + CALIBRATE_COMMAND.format(dir=artifact_dir))
 
@@ -155,7 +151,7 @@ def open_backend(artifact_dir: Path, manifest: Manifest, backend: str = "auto",
                                + flag)
     from runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-    _check_precision(manifest, artifact_dir, precision, "onnxruntime")
+    _check_onnxruntime_precision(manifest, artifact_dir, precision)
     chosen = precisions_for(manifest, "onnxruntime")[0] if precision == "auto" else precision
     record = manifest.precisions.get(chosen)
     if record is not None and not record.passed:
