@@ -54,6 +54,7 @@ examples:
   python -m export.build_engine --model selm-s4-pvt --checkpoint S4_PVT.pth --vggish vggish-10086976.pth
   python -m export.build_engine --model selm-avss-r50 --checkpoint AVSS_R50.pth --precision fp16 --engine
   python -m export.build_engine --model selm-test --out /tmp/tiny   # tiny random model: a build in seconds
+  python -m export.build_engine --model avs-mamba-s4-r50 --vggish vggish-10086976.pth   # scans as plugin nodes
   python -m export.build_engine --list-models
 
 exit status: 0 done; 1 bad input (flags, model name, files, numbers) or export/validation failed;
@@ -98,18 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--checkpoint", type=Path, metavar="PATH",
                        help="the official .pth of that variant; omitted: random weights (announced)")
     model.add_argument("--vggish", type=Path, metavar="PATH",
-                       help="the audio encoder's weights (torchvggish's vggish-10086976.pth); omitted: random "
-                            "weights (announced)")
+                       help="the audio encoder's weights (torchvggish's vggish-10086976.pth; AVS-Mamba: loaded "
+                            "into its audio_backbone); omitted: random weights (announced)")
     model.add_argument("--gumbel", choices=("none", "input"), default="none",
-                       help="decoder Gumbel noise: 'none' = deterministic argmax (default); 'input' = an extra "
+                       help="SelM's decoder Gumbel noise: 'none' = deterministic argmax (default); 'input' = an extra "
                             "gumbel_noise input of uniform (0,1) noise (same noise, same result as PyTorch)")
     export = parser.add_argument_group("Export: the ONNX graphs")
     export.add_argument("--out", type=Path, metavar="DIR", help="artifact directory (default: artifacts/<model>)")
     export.add_argument("--opset", type=int, default=None, metavar="N", help="ONNX opset (default 18, minimum 18)")
     export.add_argument("--scan", choices=("auto", "plugin", "lowered"), default="auto",
                         help="selective scan as one avs::SelectiveScan node served by our plugin ('plugin'), or "
-                             "unrolled into stock ops ('lowered', short scans only); 'auto' lowers SelM's "
-                             "5/10-step scans so no plugin is needed")
+                             "unrolled into stock ops ('lowered', scans of at most 64 steps); 'auto' lowers SelM's "
+                             "5/10-step scans so no plugin is needed, and keeps AVS-Mamba's long scans as plugin "
+                             "nodes")
     check = parser.add_argument_group("Validation: ONNX Runtime against PyTorch")
     check.add_argument("--atol", type=float, default=None, metavar="TOL", help="absolute tolerance (default 1e-3)")
     check.add_argument("--rtol", type=float, default=None, metavar="TOL", help="relative tolerance (default 1e-3)")
@@ -230,30 +232,44 @@ def default_weights(name: str, checkpoint: Optional[Path], vggish: Optional[Path
 
 
 def load_models(name: str, checkpoint: Optional[Path], vggish: Optional[Path], gumbel: str, say):
-    """The variant and its audio encoder, eval mode; unreadable or mismatched checkpoints raise :class:`UserError`."""
-    from export.models import create_model, pretrained_cfg
+    """The variant and its audio encoder, eval mode; unreadable or mismatched checkpoints raise :class:`UserError`.
+
+    A family with VGGish inside the model (AVS-Mamba, COMBO: ``audio_backbone``) gets ``--vggish`` loaded there, and that
+    module is returned as the audio encoder.
+    """
+    from export.models import create_model, load_checkpoint, pretrained_cfg
 
     cfg = pretrained_cfg(name)
     encoder = pretrained_cfg(cfg.audio_encoder)
+    if gumbel != "none" and cfg.family != "selm":
+        raise UserError(f"--gumbel {gumbel}: {name} has no Gumbel noise (only SelM variants take it); drop the flag")
+    inside = cfg.family in ("avs-mamba", "combo")
+    expected = f" (expected {encoder.file})" if encoder.file else ""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*random weights.*", category=UserWarning)
         try:
-            model = create_model(name, checkpoint, gumbel=gumbel)
+            model = create_model(name, checkpoint, **({"gumbel": gumbel} if cfg.family == "selm" else {}))
         except (OSError, ValueError) as exc:      # the loader names missing/unexpected keys and the right variant
             raise UserError(f"--checkpoint: {exc}") from None
         try:
-            audio = create_model(encoder.name, vggish)
+            if inside:
+                audio = model.audio_backbone
+                if vggish is not None:
+                    load_checkpoint(audio, vggish, encoder.name)
+            else:
+                audio = create_model(encoder.name, vggish)
         except (OSError, ValueError) as exc:
-            expected = f" (expected {encoder.file})" if encoder.file else ""
             raise UserError(f"--vggish: {exc}{expected}") from None
     if checkpoint is None:
         say("!" * 78)
         say(f"!! no --checkpoint: {name} has RANDOM weights. The artifact works but segments nothing;")
         say(f"!! pass the official {cfg.file or '.pth'} for real masks.")
         say("!" * 78)
-    if vggish is None:
+    if vggish is None and not (inside and checkpoint is not None):
         hint = f" (pass {encoder.file} for real audio features)" if encoder.file else ""
         say(f"note: no --vggish: {encoder.name} has random weights{hint}")
+    elif inside and vggish is not None and checkpoint is not None:
+        say(f"note: --vggish replaces the audio_backbone weights of --checkpoint")
     return model.eval(), audio.eval()
 
 
@@ -273,12 +289,12 @@ def output_spec(cfg) -> OutputSpec:
 
 def streaming_spec(cfg) -> StreamingSpec:
     """The streaming split's layout: window of T frames, the newest one decoded."""
-    from export.onnx_export import carry_names
+    from export.onnx_export import carry_names, window_fill, window_frames
 
-    t = cfg.frames_per_clip
+    t = window_frames(cfg)
     return StreamingSpec(window=t, encoder_frames=1, decoder_frames=1, decode_index=t - 1,
                          carry=list(carry_names(cfg.family)),
-                         frame_rate_hz=cfg.frame_rate_hz)
+                         frame_rate_hz=cfg.frame_rate_hz, fill=window_fill(cfg.family))
 
 
 def tool_versions() -> dict[str, str]:
@@ -292,13 +308,25 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def choose_scan(scan: str, window: int) -> str:
-    """'auto' -> 'lowered' when the scans are short enough to unroll, else 'plugin'."""
+def choose_scan(scan: str, cfg, say: Callable[[str], None] = print) -> str:
+    """'auto' -> 'lowered' when the variant's scans are short enough to unroll, else 'plugin' (announced);
+    'lowered' for longer scans raises :class:`UserError`."""
+    from export.onnx_export import longest_scan
     from export.ops.selective_scan_onnx import MAX_LOWERED_LENGTH
 
+    length = longest_scan(cfg)
+    if length > MAX_LOWERED_LENGTH:
+        if scan == "lowered":
+            raise UserError(f"--scan lowered: {cfg.name}'s selective scans run up to {length} steps; unrolling into "
+                            f"stock ops is for scans of at most {MAX_LOWERED_LENGTH} steps. Use --scan plugin "
+                            f"(the default 'auto' picks it)")
+        if scan == "auto":
+            say(f"note: {cfg.name}'s selective scans run up to {length} steps, too long to lower into stock ops: "
+                f"each is one avs::SelectiveScan node, served by our ONNX Runtime custom-op library and TensorRT "
+                f"plugin (python -m plugins.build)")
     if scan != "auto":
         return scan
-    return "lowered" if window <= MAX_LOWERED_LENGTH else "plugin"
+    return "lowered" if length <= MAX_LOWERED_LENGTH else "plugin"
 
 
 class Stages:
@@ -500,7 +528,7 @@ def build_artifact(model: str, out: Path, *, checkpoint: Optional[Path] = None, 
     checkpoint = check_readable(Path(checkpoint), "--checkpoint") if checkpoint else None
     vggish = check_readable(Path(vggish), "--vggish") if vggish else None
     opset = check_numbers(args)
-    scan = choose_scan(args.scan, cfg.frames_per_clip)
+    scan = choose_scan(args.scan, cfg, say)
     check_scan_libraries(scan)
     env = engine_environment(args, scan)
     if env.reason and args.engine is True:
@@ -549,7 +577,8 @@ def export_artifact(args, cfg, model, audio, checkpoint, vggish_path, seed, out,
 
     Validation failure writes the manifest (marked unvalidated, kept for inspection) and raises :class:`UserError`.
     """
-    from export.onnx_export import export_graph, export_graphs, noise_shape, sample_inputs, tensor_specs
+    from export.onnx_export import (export_graph, export_graphs, maskige_spec, noise_shape, sample_inputs,
+                                    tensor_specs, window_frames)
     from export.validate import describe, validate_export
     from runtime.engine_cache import graph_sha256
     from runtime.integrity import file_sha256
@@ -559,7 +588,7 @@ def export_artifact(args, cfg, model, audio, checkpoint, vggish_path, seed, out,
     metadata = {"avs.model": cfg.name, "avs.family": cfg.family, "avs.manifest_schema": str(SCHEMA_VERSION),
                 "avs.scan": scan}
     with stages(f"exporting ONNX (opset {opset}, scan '{scan}') into {out}"):
-        inputs = sample_inputs(reference, model.cfg, noise_shape(model, gumbel_input), seed)
+        inputs = sample_inputs(reference, model.cfg, noise_shape(model, gumbel_input), seed, window_frames(cfg))
         paths = {}
         for role, gdef in defs.items():
             say(f"      {gdef.file} ...")
@@ -597,7 +626,7 @@ def export_artifact(args, cfg, model, audio, checkpoint, vggish_path, seed, out,
                         random_weights=checkpoint is None, weights_seed=seed, gumbel=args.gumbel),
         opset=opset, scan=scan, precision=args.precision, tools=tool_versions(), graphs=graphs,
         video=video_spec(cfg), audio=cfg.audio, output=output_spec(cfg), streaming=streaming_spec(cfg),
-        validation=records, fp16=fp16,
+        validation=records, fp16=fp16, maskige=maskige_spec(cfg),
         engine=EngineStatus(built=False, reason="validation failed" if not passed else "not attempted yet"),
         created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     with stages("writing manifest.json"):

@@ -1,4 +1,5 @@
-"""``python -m export.train``: train or fine-tune a SelM or SDAVS variant with the official recipe of its task.
+"""``python -m export.train``: train or fine-tune a SelM, SDAVS, AVS-Mamba or COMBO variant with its task's official
+recipe.
 
     python -m export.train --model selm-s4-r50 --data AVSBench/Single-source --out runs/s4 \\
         --vggish vggish-10086976.pth [--init S4_R50.pth] [--epochs N] [--batch N] [--lr X] [--resume]
@@ -8,6 +9,18 @@ maps (weights 0.001/0.01/0.1; S4 supervises frame 0 only, as its training masks)
 aux; AdamW lr 2e-5, weight decay 0.05 (S4/MS3) or 0.01 (AVSS), batch 2/1/8, 40/100/30 epochs, frozen VGGish,
 Gumbel hard assignment with straight-through gradients, seed 123. SDAVS (sdavs.md §4): BCE or cross-entropy +
 IoU + Dice, AdamW lr 5e-5, batch 4, 40/60/40 epochs, frozen VGGish conv map (``--vggish``; no Gumbel noise).
+AVS-Mamba (avs-mamba.md §4): S4/MS3 Dice on the output + Dice on the first decoder layer's mask (S4: frame 0 only),
+AVSS 71-class cross-entropy on both; AdamW lr 2e-5, weight decay 0.01, batch 2/2/6, 60/120/50 epochs, image
+backbone frozen for the first 20 epochs (S4/MS3). Its VGGish is inside the model (``audio_backbone``): ``--vggish``
+loads into it (or ``--init`` brings it); ``--audio-encoder train`` unfreezes it (not the official recipe) and
+``best.pth`` holds it.
+COMBO (combo.md §4): Mask2Former's set criterion on all 10 decoder predictions (Hungarian matching, class
+cross-entropy x2 with no-object weight 0.1, point-sampled mask BCE x5 and Dice x5; S4: frame 0 only) + the adaptive
+inter-frame consistency loss on the 9 intermediate ones (x10 S4/MS3, x5 AVSS); AdamW lr 1e-4, weight decay 0.05
+(none on norms and embeddings), backbones' lr x0.1, poly schedule, gradient L2 norm clipped to 0.01, batch 8;
+the official 90k (S4, AVSS) / 20k (MS3) iterations as 209 / 541 / 85 epochs. VGGish is inside, as AVS-Mamba's. Each
+frame needs its Maskige: the published ones (pre_SAM_mask/ in the data set), or for avs-synth data painted by the
+built-in over-segmentation (``runtime.mask_sources.OversegmentMaskSource``).
 See ``export.training.trainer`` for the files.
 Exit status: 0 done, 2 bad flags or data, 130 interrupted (``--resume`` continues after the last whole epoch).
 """
@@ -18,7 +31,7 @@ import json
 import sys
 from typing import Optional
 
-from export.training.trainer import TrainConfig, Trainer, TrainingError
+from export.training.trainer import SCHEDULES, TrainConfig, Trainer, TrainingError
 from runtime.datasets.avsbench import DatasetError
 
 __all__ = ["build_parser", "main"]
@@ -29,25 +42,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--model", required=True, help="a registered SelM or SDAVS variant (python -m export.build_engine "
-                                                  "--list-models)")
+    p.add_argument("--model", required=True, help="a registered SelM, SDAVS, AVS-Mamba or COMBO variant (python -m "
+                                                  "export.build_engine --list-models)")
     p.add_argument("--data", required=True, help="AVSBench or avs-synth folder (the subset or the one above)")
     p.add_argument("--out", required=True, help="folder for best.pth, last.pth, train_state.pt, train_record.json")
     p.add_argument("--init", metavar="CHECKPOINT", help="fine-tune from these weights (e.g. the official .pth)")
-    p.add_argument("--vggish", metavar="PATH", help="the audio encoder's weights (vggish-10086976.pth)")
+    p.add_argument("--vggish", metavar="PATH", help="the audio encoder's weights (vggish-10086976.pth; AVS-Mamba, "
+                                                    "COMBO: loaded into its audio_backbone, over --init's)")
     p.add_argument("--audio-encoder", choices=("frozen", "train"), default="frozen",
-                   help="frozen (official; needs --vggish) or train it with the model (default: %(default)s)")
+                   help="frozen (official; needs --vggish, or --init for AVS-Mamba and COMBO) or train it with the "
+                        "model (AVS-Mamba, COMBO: unfreezes its audio_backbone, which the official recipes never "
+                        "train; default: %(default)s)")
     p.add_argument("--epochs", type=int, help="default: the recipe's")
     p.add_argument("--batch", type=int, help="clips per step (default: the recipe's)")
-    p.add_argument("--lr", type=float, help="AdamW learning rate (default: the recipe's, 2e-5)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default: the recipe's, 2e-5; SDAVS 5e-5; COMBO "
+                                            "1e-4)")
     p.add_argument("--weight-decay", type=float, help="default: the recipe's")
     p.add_argument("--workers", type=int, default=0, help="data loader processes (default: %(default)s)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N training (and validation) clips")
     p.add_argument("--seed", type=int, default=123, help="weights, shuffling, Gumbel noise (default: %(default)s)")
     p.add_argument("--gumbel", choices=("sample", "none"), default="sample",
-                   help="decoder assignment noise while training (default: %(default)s, as the official code)")
-    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
-                   help="learning rate: constant (official) or cosine decay per step (default: %(default)s)")
+                   help="SelM: decoder assignment noise while training (default: %(default)s, as the official "
+                        "code)")
+    p.add_argument("--schedule", choices=tuple(SCHEDULES),
+                   help="learning rate per step: constant, cosine decay or poly ((1 - step/steps)^0.9) (default: "
+                        "the recipe's: poly for COMBO, constant for the others)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: CUDA with AMP when present, else CPU")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")

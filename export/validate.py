@@ -91,7 +91,8 @@ def streaming_outputs(sessions: dict[str, ort.InferenceSession], clip: dict[str,
                       decode_index: int) -> dict[str, np.ndarray]:
     """The split graphs as the runtime runs them: encoder per frame, temporal on the window, one frame decoded."""
     frames = clip["frames"].shape[0]
-    per_frame = [run_ort(sessions["encoder"], {"frame": clip["frames"][t:t + 1], "log_mel": clip["log_mel"][t:t + 1]})
+    per_frame = [run_ort(sessions["encoder"], {("frame" if name == "frames" else name): value[t:t + 1]
+                                               for name, value in clip.items()})
                  for t in range(frames)]
     window = {i.name: np.concatenate([f[i.name] for f in per_frame]) for i in sessions["temporal"].get_inputs()}
     shared = run_ort(sessions["temporal"], window)

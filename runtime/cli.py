@@ -59,6 +59,7 @@ examples:
   avs-stream --camera 0 --mic default --model-dir artifacts/{DEMO_MODEL}
   avs-stream --source talk.mp4 --model-dir artifacts/{DEMO_MODEL} --output talk-seg.mp4 --jsonl talk.jsonl --headless
   avs-stream --source rtsp://192.168.1.20:554/stream --mic none --model-dir DIR --save-masks masks/
+  avs-stream --source talk.mp4 --model-dir artifacts/combo-s4-pvt --mask-source onnx:sam_everything.onnx@2
   avs-stream --list-devices
 
 schedule: each frame is paired with the 0.96 s of audio ending at its timestamp; the temporal window holds up to T
@@ -101,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="default auto: the fastest precision the artifact was validated for on the backend "
                             "(int8 after python -m calibration; fp16 on TensorRT), announced")
     model.add_argument("--threshold", type=float, metavar="P", help="mask threshold for binary models (default 0.5)")
+    model.add_argument("--mask-source", metavar="SPEC",
+                       help="COMBO only: where each frame's Maskige (its painted segment-everything masks) comes "
+                            "from: precomputed:DIR (a recorded video's published *_mask_color.png files, one per "
+                            "second), onnx:PATH[@HZ] (a segment-everything model in ONNX, run at most HZ times a "
+                            "second, default 1, the last Maskige reused in between) or overseg (built-in "
+                            "over-segmentation: no weights, but not the masks COMBO was trained with); default: the "
+                            "artifact's (announced)")
     output = parser.add_argument_group("Output: what is shown and saved (paths are checked before the model loads)")
     output.add_argument("--output", type=Path, metavar="OUT.mp4", help="annotated video with the audio muxed back")
     output.add_argument("--save-masks", type=Path, metavar="DIR", help="one PNG mask per segmented frame")
@@ -150,6 +158,16 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(ExitCode.USAGE, f"--retries must be >= 0; got {args.retries}")
     if args.duration is not None and not args.duration > 0:
         raise UserError(ExitCode.USAGE, f"--duration must be positive; got {args.duration}")
+    if args.mask_source is not None:
+        from runtime.mask_sources import parse_mask_source
+
+        if args.demo and args.model_dir is None:
+            raise UserError(ExitCode.USAGE, f"--mask-source is for COMBO artifacts; the demo model {DEMO_MODEL} has "
+                                            "no Maskige input (give --model-dir of a COMBO artifact)")
+        try:
+            parse_mask_source(args.mask_source)
+        except (ValueError, OSError) as exc:
+            raise UserError(ExitCode.USAGE, f"--mask-source: {exc}") from None
     if args.demo and args.output is None:
         args.output = DEMO_OUTPUT
     outputs = [(flag, path) for flag, path in (("--output", args.output), ("--jsonl", args.jsonl),
@@ -248,13 +266,16 @@ def _open_audio(args, video, say):
 def _open_segmenter(args, model_dir: Path, audio: bool, say):
     from runtime.backends import BackendError
     from runtime.manifest import ManifestError
+    from runtime.mask_sources import MaskSourceError
     from runtime.segmenter import Segmenter
 
     try:
         return Segmenter(model_dir, args.backend, precision=args.precision, threshold=args.threshold, audio=audio,
-                         say=say)
+                         say=say, mask_source=args.mask_source)
     except ManifestError as exc:
         raise UserError(ExitCode.ARTIFACTS, str(exc)) from None
+    except MaskSourceError as exc:
+        raise UserError(ExitCode.USAGE, f"--mask-source: {exc}") from None
     except BackendError as exc:
         raise UserError(ExitCode.BACKEND, str(exc)) from None
 
@@ -305,10 +326,13 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print, stats: Opt
         args.source = str(clip)
     else:
         model_dir = args.model_dir
-        try:
-            load_manifest(model_dir)
-        except ManifestError as exc:
-            raise UserError(ExitCode.ARTIFACTS, str(exc)) from None
+    try:
+        manifest = load_manifest(model_dir)
+    except ManifestError as exc:
+        raise UserError(ExitCode.ARTIFACTS, str(exc)) from None
+    if args.mask_source is not None and manifest.maskige is None:
+        raise UserError(ExitCode.USAGE, f"--mask-source: {manifest.model.name} in {model_dir} has no Maskige input "
+                                        "(only COMBO artifacts take one); drop --mask-source")
 
     video = _open_video(args, say)
     try:
@@ -323,6 +347,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None] = print, stats: Opt
 
 
 def _stream(args, model_dir: Path, video, audio_source, say, stats: dict) -> int:
+    from runtime.mask_sources import MaskSourceError
     from runtime.microphone import AudioPump
     from runtime.outputs import OutputError, OutputPathError, Outputs
 
@@ -360,6 +385,8 @@ def _stream(args, model_dir: Path, video, audio_source, say, stats: dict) -> int
     if report:
         parts.append("wrote " + ", ".join(report))
     say("; ".join(parts))
+    if isinstance(error, MaskSourceError):
+        raise UserError(ExitCode.USAGE, f"--mask-source: {error}; the outputs hold the {count} frames before it")
     if error is not None:
         raise UserError(ExitCode.OUTPUT, f"{error}; the other outputs are finalised")
     if video.lost:
@@ -372,7 +399,9 @@ def _stream(args, model_dir: Path, video, audio_source, say, stats: dict) -> int
 
 
 def _loop(args, video, segmenter, pump, outputs, say, stats: dict) -> tuple[int, bool, Optional[Exception]]:
-    """Read, pair, segment, render until the stream ends; returns (frames, interrupted, output error)."""
+    """Read, pair, segment, render until the stream ends; returns (frames, interrupted, output or mask source
+    error)."""
+    from runtime.mask_sources import MaskSourceError
     from runtime.outputs import OutputError
     from runtime.render import draw_hud, format_hud, overlay
 
@@ -434,7 +463,7 @@ def _loop(args, video, segmenter, pump, outputs, say, stats: dict) -> tuple[int,
             pump.pump(last_ts + period)
     except KeyboardInterrupt:
         return count, True, None
-    except OutputError as exc:
+    except (OutputError, MaskSourceError) as exc:
         return count, False, exc
     return count, False, None
 

@@ -38,6 +38,7 @@ examples:
   avs-eval --model-dir artifacts/selm-s4-r50 --data AVSBench/Single-source            # S4 test split
   avs-eval --model-dir artifacts/selm-ms3-pvt --data AVSBench/Multi-sources --json ms3.json
   avs-eval --model-dir artifacts/selm-avss-r50 --data AVSBench/AVSBench_semantic --save-masks masks/
+  avs-eval --model-dir artifacts/combo-s4-pvt --data AVSBench/Single-source --mask-source precomputed
   avs-eval --predictions masks/ --task s4 --data AVSBench/Single-source               # score saved maps
 
 the figures: M_J (Jaccard / mIoU) and M_F (F-measure, beta^2 = 0.3), in percent. 'official' is what the official
@@ -77,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "that listens scores far lower")
     run_.add_argument("--clips-per-batch", type=int, metavar="N",
                       help="grouping of the official S4/MS3 figures (default: 2, the official test batch)")
+    run_.add_argument("--mask-source", metavar="SPEC",
+                      help="COMBO only: where each frame's Maskige comes from: precomputed (the data set's published "
+                           "Maskiges, pre_SAM_mask/ beside its frames: how COMBO was evaluated), onnx:PATH[@HZ] (a "
+                           "segment-everything model in ONNX, at most HZ Maskiges per second of video, default 1) or "
+                           "overseg (built-in over-segmentation, no weights); default: the artifact's (announced)")
     out = parser.add_argument_group("Outputs")
     out.add_argument("--json", type=Path, metavar="OUT", help="write metrics, per-clip scores and provenance here")
     out.add_argument("--save-masks", type=Path, metavar="DIR", help="write each frame's mask as DIR/<clip>/<i>.png")
@@ -103,6 +109,22 @@ def _check_flags(args) -> None:
         raise EvalError(EvalExit.USAGE, f"--limit must be >= 1; got {args.limit}")
     if args.clips_per_batch is not None and args.clips_per_batch < 1:
         raise EvalError(EvalExit.USAGE, f"--clips-per-batch must be >= 1; got {args.clips_per_batch}")
+    if args.mask_source is not None:
+        from runtime.mask_sources import parse_mask_source
+
+        if args.predictions is not None:
+            raise EvalError(EvalExit.USAGE, "--mask-source is for scoring a COMBO artifact (--model-dir), not saved "
+                                            "--predictions")
+        if args.mask_source.startswith("precomputed:"):
+            raise EvalError(EvalExit.USAGE, f"--mask-source {args.mask_source}: precomputed:DIR is one video's "
+                                            "Maskiges; to score with the data set's published Maskiges write "
+                                            "--mask-source precomputed")
+        if args.mask_source != "precomputed":
+            try:
+                parse_mask_source(args.mask_source)
+            except (ValueError, OSError) as exc:
+                raise EvalError(EvalExit.USAGE, f"--mask-source: {exc} (avs-eval also takes precomputed: the data "
+                                                "set's published Maskiges)") from None
     for flag, path in (("--json", args.json), ("--save-masks", args.save_masks)):
         if path is not None and path.exists() and (path.is_dir() != (flag == "--save-masks")):
             raise EvalError(EvalExit.USAGE, f"{flag} {path} exists and is a {'file' if path.is_file() else 'folder'}")
@@ -137,7 +159,8 @@ def _task_for(kind: str, setting: str, args, data_root: Path) -> str:
 def run(args, say=print) -> int:
     """The command; returns the exit status (raises :class:`EvalError` for faults)."""
     from runtime.datasets.avsbench import AVSBench, DatasetError, avss_palette
-    from runtime.evaluate import evaluate, format_precisions, format_table, saved_predictor, segmenter_predictor
+    from runtime.evaluate import (PublishedMaskiges, evaluate, format_precisions, format_table, saved_predictor,
+                                  segmenter_predictor)
 
     _check_flags(args)
     segmenter, provenance = None, {}
@@ -145,17 +168,26 @@ def run(args, say=print) -> int:
         if args.model_dir is not None:
             from runtime.backends import BackendError
             from runtime.manifest import ManifestError, load_manifest
+            from runtime.mask_sources import MaskSourceError
             from runtime.segmenter import Segmenter
 
             try:
                 manifest = load_manifest(args.model_dir)
             except (ManifestError, OSError) as exc:
                 raise EvalError(EvalExit.ARTIFACTS, str(exc)) from None
+            if args.mask_source is not None and manifest.maskige is None:
+                raise EvalError(EvalExit.USAGE, f"--mask-source: {manifest.model.name} has no Maskige input (only "
+                                                "COMBO artifacts take one); drop --mask-source")
             task = _task_for(manifest.output.kind, manifest.model.setting, args, args.data)
+
             def open_segmenter(precision: str) -> Segmenter:
+                source = (PublishedMaskiges(manifest.video.resolution) if args.mask_source == "precomputed"
+                          else args.mask_source)
                 try:
                     return Segmenter(args.model_dir, backend=args.backend, precision=precision,
-                                     say=lambda line: print(line, file=sys.stderr))
+                                     say=lambda line: print(line, file=sys.stderr), mask_source=source)
+                except MaskSourceError as exc:
+                    raise EvalError(EvalExit.USAGE, f"--mask-source: {exc}") from None
                 except (ManifestError, OSError) as exc:
                     raise EvalError(EvalExit.ARTIFACTS, str(exc)) from None
                 except BackendError as exc:
@@ -168,6 +200,11 @@ def run(args, say=print) -> int:
                                        "checkpoint": None if m.checkpoint is None else vars(m.checkpoint),
                                        "tools": manifest.tools},
                           "backend": segmenter.backend.description, "precision": segmenter.precision}
+            if segmenter.mask_source is not None:
+                provenance["mask_source"] = {
+                    "spec": args.mask_source or manifest.maskige.default_source,
+                    "default": args.mask_source is None, "description": segmenter.mask_source.describe(),
+                    "trained_with": manifest.maskige.trained_with}
             resolution = manifest.video.resolution
         else:
             task, resolution = args.task, 224

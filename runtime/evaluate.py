@@ -5,6 +5,8 @@ probabilities ``[frames, h, w]``, AVSS gives class labels ``[frames, h, w]``. Sc
 masks are resized to it (bilinear probabilities, nearest labels). :func:`evaluate` runs one over a split and
 returns the report ``avs-eval`` prints and writes; :func:`segmenter_predictor` is the artifact (through
 ``Segmenter.segment_log_mel``, the live code path), :func:`saved_predictor` reads saved maps (``--predictions``).
+A Maskige model (COMBO) gets each frame's Maskige from its Segmenter's mask source; :class:`PublishedMaskiges`
+(``--mask-source precomputed``) is the data set's own, the Maskiges COMBO was evaluated with.
 
 Saved prediction format (``--predictions DIR``; ``--save-masks DIR`` writes PNGs in it): ``DIR/<clip>/<i>.npy``
 or ``DIR/<clip>/<i>.png`` for frame i = 0, 1, ... of each clip (its real frames). Binary: ``.npy`` float
@@ -23,10 +25,12 @@ import cv2
 import numpy as np
 
 from runtime.datasets.avsbench import AVSS_FRAMES, MASK_SIZE, AVSBench, Clip, DatasetError, avss_palette
+from runtime.mask_sources import MaskSource, maskige_path
+from runtime.maskige import MASKIGE_SIZE, read_maskige
 from runtime.metrics import OFFICIAL_CLIPS_PER_BATCH, BinaryMeter, SemanticMeter
 
-__all__ = ["Predictor", "evaluate", "segmenter_predictor", "saved_predictor", "save_prediction", "format_table",
-           "format_precisions"]
+__all__ = ["Predictor", "PublishedMaskiges", "evaluate", "segmenter_predictor", "saved_predictor", "save_prediction",
+           "format_table", "format_precisions"]
 
 Predictor = Callable[[Clip], np.ndarray]
 
@@ -41,10 +45,50 @@ def _to_mask_size(scores: np.ndarray, binary: bool) -> np.ndarray:
                      for s in scores]).astype(np.int64)
 
 
+class PublishedMaskiges(MaskSource):
+    """The data set's own Maskiges (COMBO's ``pre_SAM_mask/`` release, beside AVSBench's frames) of the clip chosen
+    with :meth:`select`: the frame shown during second i (AVSBench frames are 1 s apart) gets the file
+    :func:`runtime.mask_sources.maskige_path` pairs with the clip's i-th frame file.
+
+    Args:
+        size: side of the Maskiges returned (the model's input size).
+    """
+
+    def __init__(self, size: int = MASKIGE_SIZE):
+        super().__init__(size)
+        self._frames: tuple = ()
+
+    def select(self, clip: Clip) -> None:
+        """Read the Maskiges of ``clip``'s frames from now on."""
+        if len(clip.frame_paths) != clip.num_frames:
+            raise DatasetError(f"clip {clip.name} does not say which files its frames came from, so its published "
+                               "Maskiges cannot be found; read it with runtime.datasets.avsbench.AVSBench")
+        self._frames = tuple(clip.frame_paths)
+
+    def maskige(self, frame_rgb: np.ndarray, timestamp: float) -> np.ndarray:
+        index = math.floor(float(timestamp) + 1e-6)
+        if not 0 <= index < len(self._frames):
+            raise ValueError(f"no frame {index} (t = {timestamp:.3f} s) in the selected clip of {len(self._frames)} "
+                             "frames; call select(clip) first")
+        path = maskige_path(self._frames[index])
+        if not path.is_file():
+            raise DatasetError(f"missing Maskige {path} (the published Maskige of {self._frames[index]}): put COMBO's "
+                               "pre_SAM_mask release beside the frames, or score with another --mask-source")
+        try:
+            return read_maskige(path, self.size)
+        except ValueError as exc:
+            raise DatasetError(str(exc)) from None
+
+    def describe(self) -> str:
+        return "published Maskiges of the data set (pre_SAM_mask/ beside the frames, as COMBO was evaluated)"
+
+
 def segmenter_predictor(segmenter) -> Predictor:
     """The artifact behind a ``runtime.Segmenter``: each clip through ``segment_log_mel`` (the live code path)."""
 
     def predict(clip: Clip) -> np.ndarray:
+        if isinstance(segmenter.mask_source, PublishedMaskiges):
+            segmenter.mask_source.select(clip)
         results = segmenter.segment_log_mel(clip.frames, clip.log_mel)
         if segmenter.binary:
             return np.stack([r.probabilities for r in results])
@@ -174,6 +218,8 @@ def format_table(report: dict) -> str:
         lines.append(f"{label:<{width}}  {100 * row['M_J']:6.2f}  {100 * row['M_F']:6.2f}")
     if report.get("swap_audio"):
         lines.append("(audio swapped: each clip heard the clip before it)")
+    if report.get("mask_source"):
+        lines.append(f"Maskiges: {report['mask_source']['description']}")
     silence = report.get("silence")
     if silence and silence["frames"]:
         lines.append(f"silent frames (empty ground truth): {silence['frames']}, mean predicted area "

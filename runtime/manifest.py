@@ -27,6 +27,7 @@ MANIFEST_NAME = "manifest.json"
 GRAPH_ROLES = ("full", "encoder", "temporal", "decoder")
 PRECISIONS = ("fp32", "fp16", "int8")
 REDUCED_PRECISIONS = PRECISIONS[1:]
+WINDOW_FILLS = ("leading", "repeat-oldest")  # StreamingSpec.fill
 REBUILD_COMMAND = "python -m export.build_engine --model {model} --out {out}"
 
 
@@ -143,7 +144,10 @@ class StreamingSpec:
     """How the split graphs compose: encoder per new frame, temporal on the window, decoder on the newest frame.
 
     ``carry`` lists the encoder outputs kept per frame in a ring buffer of ``window`` entries; the temporal
-    graph's outputs are sliced at ``decode_index`` (the newest frame) before the decoder.
+    graph's outputs are sliced at ``decode_index`` (the newest frame) before the decoder. ``fill`` says how a
+    window holding k < ``window`` frames fills the T slots: ``leading`` (causal models: the k frames first, zeros
+    after, row k-1 decoded: exact) or ``repeat-oldest`` (non-causal models: the oldest frame repeated in front,
+    the newest in the last slot: exact once the window is full). Manifests without it mean ``leading``.
     """
     window: int
     encoder_frames: int
@@ -151,6 +155,22 @@ class StreamingSpec:
     decode_index: int
     carry: list[str]
     frame_rate_hz: float
+    fill: str = "leading"
+
+
+@dataclass(frozen=True)
+class MaskigeSpec:
+    """A model's second image input (COMBO): per frame, a "Maskige" painted from class-agnostic masks
+    (``runtime.maskige``) by a mask source (``runtime.mask_sources``), normalised like the frames (``video``).
+
+    Args:
+        input: its name on the full and encoder graphs.
+        trained_with: the masks the weights were trained on, in words (the official ones: Semantic-SAM's).
+        default_source: the ``--mask-source`` value the runtime uses when none is given (announced).
+    """
+    input: str
+    trained_with: str
+    default_source: str
 
 
 @dataclass(frozen=True)
@@ -276,6 +296,7 @@ class Manifest:
     created_utc: str
     files: dict[str, str] = field(default_factory=dict)
     precisions: dict[str, PrecisionRecord] = field(default_factory=dict)
+    maskige: Optional[MaskigeSpec] = None
 
     def graph(self, role: str, precision: str = "fp32") -> GraphSpec:
         """The graph with ``role`` ('full', 'encoder', 'temporal' or 'decoder'); for ``int8``, its Q/DQ graph where
@@ -353,6 +374,9 @@ def manifest_from_dict(data: dict[str, Any]) -> Manifest:
     if version != SCHEMA_VERSION:
         raise ManifestError(f"manifest schema_version is {version!r}; this avs-edge reads {SCHEMA_VERSION}")
     manifest = _parse(Manifest, data, "")
+    if manifest.streaming.fill not in WINDOW_FILLS:
+        raise ManifestError(f"streaming.fill: unknown window fill {manifest.streaming.fill!r} (expected one of "
+                            f"{', '.join(WINDOW_FILLS)}); this avs-edge is older than the artifact")
     for role, graph in manifest.graphs.items():
         if role not in GRAPH_ROLES or graph.role != role:
             raise ManifestError(f"graphs.{role}: unknown graph role (expected one of {', '.join(GRAPH_ROLES)})")

@@ -12,12 +12,18 @@ Per frame, through the streaming split of the artifact (the schedule is document
    the 0.96 s of audio ending at its timestamp go through the **encoder** once; its small per-frame outputs
    (``manifest.streaming.carry``) are cached in a :class:`runtime.sync.FrameHistory`;
 2. the **temporal** graph runs on the window of up to T cached frames spaced 1 / ``frame_rate_hz`` apart ending at
-   this frame, placed at the start of its T slots (the rest zero: the model is causal over time, so row k-1 is
-   exactly the output for a clip of those k frames);
-3. the **decoder** runs on this frame's maps with row k-1 of the temporal outputs.
+   this frame. A causal model (SelM, SDAVS) gets them at the start of its T slots, the rest zero, so row k-1 is
+   exactly the output for a clip of those k frames. A non-causal one (AVS-Mamba: ``streaming.fill`` is
+   ``repeat-oldest``) gets the newest frame in the last slot and the oldest repeated in front while fewer than T
+   frames exist, and row T-1 is exact once the window is full;
+3. the **decoder** runs on this frame's maps (or its temporal features) with the chosen row of the temporal
+   outputs.
 
 Results are resized to the source frame: sigmoid > threshold (binary) or argmax (semantic). ``segment_clip`` and
 the live path share this code, so the same frames, timestamps and audio give identical results.
+
+A model with a second image input (COMBO: ``manifest.maskige``) gets, with each frame, the Maskige its mask source
+(``runtime.mask_sources``) paints from that frame (RGB, at its timestamp), normalised like the frame.
 """
 from __future__ import annotations
 
@@ -34,10 +40,13 @@ import numpy as np
 
 from runtime import audio as vggish_audio
 from runtime.backends import STREAMING_ROLES, Backend, open_backend
+from runtime.datasets.avsbench import pil_nearest_index
 from runtime.manifest import Manifest, ManifestError, VideoSpec, load_manifest
+from runtime.mask_sources import MaskSource, MaskSourceError, open_mask_source
 from runtime.sync import AudioTimeline, FrameHistory, training_timestamps
 
-__all__ = ["SegmentResult", "Segmenter", "SegmenterClosed", "preprocess_frame", "check_manifest"]
+__all__ = ["SegmentResult", "Segmenter", "SegmenterClosed", "preprocess_frame", "preprocess_maskige",
+           "check_manifest"]
 
 DEFAULT_AUDIO_WAIT = 0.25
 _GUMBEL_INPUT = "gumbel_noise"
@@ -121,6 +130,18 @@ def preprocess_frame(image: np.ndarray, video: VideoSpec) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
+def preprocess_maskige(maskige_rgb: np.ndarray, video: VideoSpec) -> np.ndarray:
+    """An RGB uint8 Maskige -> ``[1, 3, R, R]`` float32, normalised exactly as the frames (:func:`preprocess_frame`);
+    one of another size is first resized with Pillow's nearest rule, as the official Maskiges were."""
+    maskige = np.asarray(maskige_rgb)
+    if maskige.dtype != np.uint8 or maskige.ndim != 3 or maskige.shape[2] != 3 or min(maskige.shape[:2]) < 1:
+        raise ValueError(f"a Maskige must be RGB uint8 [H, W, 3]; got {maskige.dtype} {list(maskige.shape)}")
+    size = video.resolution
+    if maskige.shape[:2] != (size, size):
+        maskige = maskige[pil_nearest_index(maskige.shape[0], size)][:, pil_nearest_index(maskige.shape[1], size)]
+    return preprocess_frame(np.ascontiguousarray(maskige[:, :, ::-1]), video)  # same size: the resize is a copy
+
+
 def _check_image(image: np.ndarray) -> np.ndarray:
     if not isinstance(image, np.ndarray):
         raise TypeError(f"frame must be a numpy array (BGR uint8, H x W x 3); got {type(image).__name__}")
@@ -160,14 +181,20 @@ class Segmenter:
         threshold: probability above which a pixel is foreground (binary models; default: the manifest's).
         audio: False for video-only use: every frame is paired with silence and nothing waits for audio.
         audio_wait: seconds the worker waits for a frame's audio before segmenting with what has arrived.
-        say: where announcements go (backend choice, random weights); default stderr.
+        say: where announcements go (backend choice, mask source, random weights); default stderr.
         seed: seed of the decoder's Gumbel noise, for artifacts exported with ``--gumbel input``.
+        mask_source: for a model with a Maskige input (COMBO), a :class:`runtime.mask_sources.MaskSource` or its
+            command-line value (``precomputed:DIR``, ``onnx:PATH[@HZ]``, ``overseg``); default: the artifact's
+            ``maskige.default_source``, announced. The Segmenter closes it on ``close()``. One that cannot be
+            opened, or any for a model without a Maskige input, raises
+            :class:`runtime.mask_sources.MaskSourceError` (a ``ValueError``).
     """
 
     def __init__(self, artifact_dir: Union[str, Path], backend: Union[str, Backend] = "auto", *,
                  precision: str = "auto", threshold: Optional[float] = None,
                  audio: bool = True, audio_wait: float = DEFAULT_AUDIO_WAIT,
-                 say: Optional[Callable[[str], None]] = None, seed: int = 0):
+                 say: Optional[Callable[[str], None]] = None, seed: int = 0,
+                 mask_source: Union[None, str, MaskSource] = None):
         self.say = say or (lambda line: print(line, file=sys.stderr))
         self.directory = Path(artifact_dir)
         self.manifest = load_manifest(self.directory)
@@ -181,9 +208,15 @@ class Segmenter:
         if self.manifest.model.random_weights:
             self.say(f"WARNING: {self.manifest.model.name} in {self.directory} has RANDOM weights (exported without "
                      "a checkpoint): its masks are meaningless. Rebuild with --checkpoint for real results.")
-        self.backend: Backend = (backend if not isinstance(backend, str) else
-                                 open_backend(self.directory, self.manifest, backend, STREAMING_ROLES, self.say,
-                                              precision))
+        self.mask_source: Optional[MaskSource] = self._open_mask_source(mask_source)
+        try:
+            self.backend: Backend = (backend if not isinstance(backend, str) else
+                                     open_backend(self.directory, self.manifest, backend, STREAMING_ROLES, self.say,
+                                                  precision))
+        except BaseException:
+            if self.mask_source is not None:
+                self.mask_source.close()
+            raise
         self.precision = self.backend.precision
         self._encoder = self.backend.runner("encoder")
         self._temporal = self.backend.runner("temporal")
@@ -297,8 +330,9 @@ class Segmenter:
         """Segment a recorded clip: ``frames`` (BGR uint8) with the clip's ``waveform`` (starting at time 0).
 
         ``timestamps`` are the frames' times in seconds from the start of the waveform; by default frame i is
-        paired with VGGish example i of the waveform, as in training (``runtime.sync.training_timestamps``). The
-        live stream's state is left alone.
+        paired with VGGish example i of the waveform, as in training (``runtime.sync.training_timestamps``). A
+        Maskige model gets its mask source's ``clip_maskiges`` of the frames at those timestamps. The live
+        stream's state is left alone.
         """
         self._check_open("segment_clip")
         frames = list(frames)
@@ -307,24 +341,29 @@ class Segmenter:
             raise ValueError(f"got {len(frames)} frames but {stamps.size} timestamps")
         if np.any(np.diff(stamps) <= 0):
             raise ValueError("frame timestamps must increase strictly")
+        frames = [_check_image(f) for f in frames]
+        maskiges = self._clip_maskiges(frames, stamps)
         state = _StreamState(self.window_size, self.rate_hz)
         state.timeline = AudioTimeline(capacity_seconds=max(12.0, float(stamps[-1]) + 2.0) if len(stamps) else 12.0)
         state.timeline.push(waveform, sample_rate, 0.0)
-        return [self._process(state, _check_image(f), float(t), time.perf_counter()) for f, t in zip(frames, stamps)]
+        return [self._process(state, f, float(t), time.perf_counter(), maskige=m)
+                for f, t, m in zip(frames, stamps, maskiges)]
 
     def segment_log_mel(self, frames: Sequence[np.ndarray], log_mel: np.ndarray) -> list[SegmentResult]:
         """Segment a clip whose audio is given as VGGish log-mel examples ``[T, 1, 96, 64]``, frame i with example
         i (e.g. AVSBench's precomputed ``audio_log_mel`` pickles); otherwise exactly as ``segment_clip``."""
         self._check_open("segment_log_mel")
-        frames = list(frames)
+        frames = [_check_image(f) for f in frames]
         examples = np.asarray(log_mel, np.float32)
         shape = (1, vggish_audio.EXAMPLE_FRAMES, vggish_audio.NUM_MEL_BANDS)
         if examples.ndim != 4 or examples.shape[1:] != shape or len(examples) < len(frames):
             raise ValueError(f"log_mel must be [T, {', '.join(map(str, shape))}] with T >= {len(frames)} (one "
                              f"example per frame); got {list(examples.shape)}")
+        stamps = training_timestamps(len(frames))
+        maskiges = self._clip_maskiges(frames, stamps)
         state = _StreamState(self.window_size, self.rate_hz)
-        return [self._process(state, _check_image(f), float(t), time.perf_counter(), example=e)
-                for f, t, e in zip(frames, training_timestamps(len(frames)), examples)]
+        return [self._process(state, f, float(t), time.perf_counter(), example=e, maskige=m)
+                for f, t, e, m in zip(frames, stamps, examples, maskiges)]
 
     def warmup(self) -> float:
         """Run one blank frame through every graph (first runs allocate and tune); returns the seconds it took."""
@@ -337,7 +376,8 @@ class Segmenter:
 
     # -- lifetime ----------------------------------------------------------------------------------------------
     def close(self) -> None:
-        """Stop the worker and release the backend; afterwards every method raises :class:`SegmenterClosed`."""
+        """Stop the worker, release the backend and close the mask source; afterwards every method raises
+        :class:`SegmenterClosed`."""
         with self._cond:
             if self._closed:
                 return
@@ -347,6 +387,8 @@ class Segmenter:
             self._worker.join(timeout=60)
         with self._infer_lock:
             self.backend.close()
+            if self.mask_source is not None:
+                self.mask_source.close()
 
     def __enter__(self) -> "Segmenter":
         return self
@@ -358,6 +400,40 @@ class Segmenter:
     def _check_open(self, method: str) -> None:
         if self._closed:
             raise SegmenterClosed(f"{method}() on a closed Segmenter ({self.directory}); create a new one")
+
+    def _open_mask_source(self, mask_source: Union[None, str, MaskSource]) -> Optional[MaskSource]:
+        """The mask source of a Maskige model (the artifact's default when None, announced); None otherwise."""
+        spec, name = self.manifest.maskige, self.manifest.model.name
+        if spec is None:
+            if mask_source is not None:
+                raise MaskSourceError(f"{name} in {self.directory} has no Maskige input (only COMBO artifacts take "
+                                      "one); run it without a mask source (drop --mask-source)")
+            return None
+        if spec.input not in {t.name for t in self.manifest.graph("encoder").inputs}:
+            raise ManifestError(f"{self.directory}: manifest.maskige names the input {spec.input!r}, which its "
+                                f"encoder graph lacks; rebuild it with: python -m export.build_engine --model {name} "
+                                f"--out {self.directory}")
+        if mask_source is not None and not isinstance(mask_source, (str, MaskSource)):
+            raise TypeError(f"mask_source must be a MaskSource or its command-line value (e.g. 'overseg'); got "
+                            f"{type(mask_source).__name__}")
+        chosen = spec.default_source if mask_source is None else mask_source
+        if isinstance(chosen, MaskSource):
+            source = chosen
+        else:
+            try:
+                source = open_mask_source(chosen, self.manifest.video.resolution)
+            except (ValueError, OSError, ImportError) as exc:
+                raise MaskSourceError(f"mask source {chosen!r} cannot be opened: {exc}") from exc
+        default = (f" (the artifact's default; {name} was trained with {spec.trained_with}; choose another with "
+                   "--mask-source)") if mask_source is None else ""
+        self.say(f"mask source: {source.describe()}{default}")
+        return source
+
+    def _clip_maskiges(self, frames: list[np.ndarray], stamps: np.ndarray) -> list[Optional[np.ndarray]]:
+        """One Maskige per frame of a recorded clip (None each for a model without a Maskige input)."""
+        if self.mask_source is None:
+            return [None] * len(frames)
+        return self.mask_source.clip_maskiges([cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames], stamps)
 
     def _raise_worker_error(self) -> None:
         if self._error is not None:
@@ -409,29 +485,31 @@ class Segmenter:
         return rng.uniform(1e-6, 1 - 1e-6, size=tuple(shape)).astype(np.float32)
 
     def _process(self, state: _StreamState, image: np.ndarray, timestamp: float, started: float,
-                 example: Optional[np.ndarray] = None) -> SegmentResult:
+                 example: Optional[np.ndarray] = None, maskige: Optional[np.ndarray] = None) -> SegmentResult:
         if example is None:
             example, audio_span, missing = self._audio_example(state, timestamp)
         else:  # a precomputed log-mel example (segment_log_mel)
             audio_span, missing = (timestamp - vggish_audio.EXAMPLE_SPAN_SAMPLES / vggish_audio.SAMPLE_RATE,
                                    timestamp), 0.0
-        frame = preprocess_frame(image, self.manifest.video)
+        inputs = {"frame": preprocess_frame(image, self.manifest.video), "log_mel": example[None].astype(np.float32)}
+        if self.mask_source is not None:
+            if maskige is None:
+                try:
+                    maskige = self.mask_source.maskige(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), timestamp)
+                except (OSError, ValueError) as exc:
+                    raise MaskSourceError(f"no Maskige for the frame at {timestamp:.3f} s: {exc}") from exc
+            inputs[self.manifest.maskige.input] = preprocess_maskige(maskige, self.manifest.video)
         with self._infer_lock:
-            encoded = self._encoder.infer({"frame": frame, "log_mel": example[None].astype(np.float32)})
+            encoded = self._encoder.infer(inputs)
             model_time = self._encoder.inference_time
             carry = {name: encoded[name][0] for name in self.manifest.streaming.carry}
             with self._cond:
                 state.history.add(timestamp, carry)
                 window = state.history.window(timestamp)
                 window_times = tuple(state.history.window_times(timestamp))
-            feeds = {}
-            for spec in self._temporal.spec.inputs:
-                slots = np.zeros([int(d) for d in spec.shape], np.dtype(spec.dtype))
-                slots[:len(window)] = np.stack([entry[spec.name] for entry in window])
-                feeds[spec.name] = slots
+            feeds, row = self._window_feeds(window)
             temporal = self._temporal.infer(feeds)
             model_time += self._temporal.inference_time
-            row = len(window) - 1
             decoder_feeds = {}
             for spec in self._decoder.spec.inputs:
                 if spec.name in temporal:
@@ -454,6 +532,23 @@ class Segmenter:
         return SegmentResult(mask=mask, probabilities=probabilities, timestamp=timestamp, audio_window=audio_span,
                              audio_missing=missing, window=window_times, model_latency=model_time,
                              latency=time.perf_counter() - started, index=index)
+
+    def _window_feeds(self, window: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], int]:
+        """The temporal graph's T slots from the k cached frames (``manifest.streaming.fill``) and the row to
+        decode: ``leading`` puts them first (zeros after, row k-1), ``repeat-oldest`` repeats the oldest in front
+        (row T-1)."""
+        repeat = self.manifest.streaming.fill == "repeat-oldest"
+        feeds = {}
+        for spec in self._temporal.spec.inputs:
+            slots = np.zeros([int(d) for d in spec.shape], np.dtype(spec.dtype))
+            cached = np.stack([entry[spec.name] for entry in window])
+            if repeat:
+                slots[:] = cached[0]
+                slots[len(slots) - len(window):] = cached
+            else:
+                slots[:len(window)] = cached
+            feeds[spec.name] = slots
+        return feeds, (self.window_size if repeat else len(window)) - 1
 
     def _postprocess(self, logits: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         height, width = size

@@ -62,6 +62,32 @@ def tiny_artifact(request) -> Path:
 
 
 @pytest.fixture(scope="session")
+def avs_mamba_artifact(request) -> Path:
+    """``avs-mamba-test`` (tiny, random weights; its scans are plugin nodes) exported once per change of the
+    export/runtime code; about a minute on 2 cores."""
+    from export.build_engine import build_artifact
+
+    directory = keyed_cache_dir(request, "avs-mamba-test",
+                                sorted((REPO / "export").rglob("*.py")) + sorted((REPO / "runtime").glob("*.py")))
+    if not (directory / "manifest.json").is_file():
+        build_artifact("avs-mamba-test", directory, say=lambda line: None)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def combo_artifact(request) -> Path:
+    """``combo-test`` (tiny, random weights; a Maskige input, a one-frame window) exported once per change of the
+    export/runtime code; about a minute on 2 cores."""
+    from export.build_engine import build_artifact
+
+    directory = keyed_cache_dir(request, "combo-test",
+                                sorted((REPO / "export").rglob("*.py")) + sorted((REPO / "runtime").glob("*.py")))
+    if not (directory / "manifest.json").is_file():
+        build_artifact("combo-test", directory, say=lambda line: None)
+    return directory
+
+
+@pytest.fixture(scope="session")
 def int8_demo(request) -> Path:
     """``python -m export.build_engine --model selm-s4-demo --precision int8 --calibration synth`` (the README's
     INT8 command: shipped trained weights, default calibration on generated clips), once per change of the code

@@ -274,6 +274,7 @@ def test_checkpoint_filter_drops_training_only_heads() -> None:
     assert sorted(am.checkpoint_filter_fn(sd)) == ["audio_proj.weight", "fc.4.weight"]
 
 
+@pytest.mark.slow   # the default suite trains through the Trainer (tests/test_train_avs_mamba.py)
 def test_tiny_training_step_lowers_loss() -> None:
     torch.manual_seed(0)
     model = model_builder("avs-mamba-test")(drop_path=0.0).train()

@@ -61,6 +61,26 @@ def test_scan_node_is_looked_up_as_our_plugin(tmp_path):
     assert "--plugin-lib" in message and "--scan lowered" in message
 
 
+def test_msdeformattn_graph_builds_with_stock_grid_sample(tmp_path):
+    """COMBO's deformable attention (export/models/mask2former.py) exports to ONNX GridSample, which the parser maps
+    to IGridSampleLayer with the CUDA op's sampling (bilinear, corners not aligned, zero fill): no plugin."""
+    from tests.test_mask2former import SHAPES, export_attn_graph
+
+    path = tmp_path / "msdeformattn.onnx"
+    export_attn_graph(path)
+    logger = trt.Logger(trt.Logger.ERROR)
+    network = trt.Builder(logger).create_network(0)
+    assert trt.OnnxParser(network, logger).parse_from_file(str(path))
+    samplers = [network.get_layer(i) for i in range(network.num_layers)
+                if network.get_layer(i).type == trt.LayerType.GRID_SAMPLE]
+    assert len(samplers) == len(SHAPES)
+    for layer in samplers:
+        layer.__class__ = trt.IGridSampleLayer
+        assert (layer.interpolation_mode, layer.align_corners, layer.sample_mode) == (
+            trt.InterpolationMode.LINEAR, False, trt.SampleMode.FILL)
+    plan, progress = _build(path)
+    assert len(plan) > 10_000 and "Building engine" in progress.phases_seen
+
 #: The Q/DQ layout TensorRT takes: signed int8, per-channel weights, symmetric activations, no int32 bias Q/DQ.
 QDQ_OPTIONS = dict(quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
                    weight_type=QuantType.QInt8,
@@ -145,3 +165,14 @@ def test_calibrated_int8_graphs_build(int8_demo, role):
     plan = build_serialized_engine(trt, int8_demo / spec.file, BuildOptions(precision="int8" if ".int8." in spec.file
                                                                            else "fp32"), say=lambda line: None)
     assert len(plan) > 10_000
+
+
+def test_combo_full_graph_builds(combo_artifact):
+    """COMBO's whole per-frame graph (two backbones, MSDeformAttn as GridSample, masked attention) is stock ONNX
+    that TensorRT-RTX parses and builds."""
+    path = combo_artifact / "model.onnx"
+    graph = onnx.load(str(path), load_external_data=False).graph
+    assert not [n for n in graph.node if n.domain not in ("", "ai.onnx")]
+    assert sum(n.op_type == "GridSample" for n in graph.node) == 3          # combo-test: 1 encoder layer x 3 levels
+    plan, _ = _build(path)
+    assert len(plan) > 100_000

@@ -71,6 +71,11 @@ def test_frozen_audio_encoder_needs_its_weights(tiny_data, tmp_path):
         Trainer(TrainConfig(model="selm-test", data=str(tiny_data), out=str(tmp_path)), progress=False)
 
 
+def test_a_model_without_a_training_family_is_a_clear_error(tiny_data, tmp_path):
+    with pytest.raises(TrainingError, match="only SelM, SDAVS, AVS-Mamba, COMBO variants train here"):
+        Trainer(TrainConfig(model="vggish-test", data=str(tiny_data), out=str(tmp_path)), progress=False)
+
+
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
     assert train_main(["--model", "selm-test", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o"),
                        "--audio-encoder", "train"]) == 2

@@ -2,7 +2,9 @@
 
 A family file first registers one :class:`PretrainedCfg` per variant (``register_pretrained_cfgs``), then one
 small builder per variant with ``@register_model("name")``; the builder takes keyword options (``gumbel=...`` for
-SelM) and returns an uninitialised-but-valid ``nn.Module``. A variant without a config cannot be registered.
+SelM) and returns an uninitialised-but-valid ``nn.Module``. A variant without a config cannot be registered. A family
+whose official checkpoints use another layout registers its ``checkpoint_filter_fn`` with each variant;
+``create_model`` applies it before the strict load.
 """
 from __future__ import annotations
 
@@ -15,10 +17,14 @@ import torch.nn as nn
 
 from ._pretrained import PretrainedCfg
 
-__all__ = ["register_model", "register_pretrained_cfgs", "list_models", "model_builder", "pretrained_cfg"]
+__all__ = ["register_model", "register_pretrained_cfgs", "list_models", "model_builder", "pretrained_cfg",
+           "checkpoint_filter"]
+
+StateDictFilter = Callable[[dict, nn.Module], dict]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _CFGS: dict[str, PretrainedCfg] = {}
+_FILTERS: dict[str, StateDictFilter] = {}
 
 
 def register_pretrained_cfgs(cfgs: Iterable[PretrainedCfg]) -> dict[str, PretrainedCfg]:
@@ -31,8 +37,10 @@ def register_pretrained_cfgs(cfgs: Iterable[PretrainedCfg]) -> dict[str, Pretrai
     return {cfg.name: cfg for cfg in cfgs}
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register ``fn(**options) -> nn.Module`` under ``name`` (its config must be registered first)."""
+def register_model(name: str, checkpoint_filter_fn: StateDictFilter | None = None
+                   ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register ``fn(**options) -> nn.Module`` under ``name`` (its config must be registered first);
+    ``checkpoint_filter_fn(state_dict, model) -> state_dict`` maps the official checkpoint layout onto the model's."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _MODELS:
@@ -41,6 +49,8 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
             raise ValueError(f"model {name!r} has no pretrained config: add a PretrainedCfg entry to its family's "
                              f"default_cfgs before registering it")
         _MODELS[name] = fn
+        if checkpoint_filter_fn is not None:
+            _FILTERS[name] = checkpoint_filter_fn
         return fn
 
     return wrap
@@ -69,3 +79,9 @@ def pretrained_cfg(name: str) -> PretrainedCfg:
     if name not in _MODELS:
         raise _unknown(name)
     return _CFGS[name]
+
+
+def checkpoint_filter(name: str) -> StateDictFilter | None:
+    """The checkpoint filter registered with variant ``name``, or None (its checkpoints load as they are)."""
+    model_builder(name)
+    return _FILTERS.get(name)

@@ -688,37 +688,37 @@ def _create_avs_mamba(name: str, **kwargs) -> AVSMamba:
     return AVSMamba(AVSMambaConfig(name=name, backbone=pcfg.backbone, setting=pcfg.setting, **args))
 
 
-@register_model("avs-mamba-s4-r50")
+@register_model("avs-mamba-s4-r50", checkpoint_filter_fn)
 def avs_mamba_s4_r50(**kwargs) -> AVSMamba:
     return _create_avs_mamba("avs-mamba-s4-r50", **kwargs)
 
 
-@register_model("avs-mamba-s4-pvt")
+@register_model("avs-mamba-s4-pvt", checkpoint_filter_fn)
 def avs_mamba_s4_pvt(**kwargs) -> AVSMamba:
     return _create_avs_mamba("avs-mamba-s4-pvt", **kwargs)
 
 
-@register_model("avs-mamba-ms3-r50")
+@register_model("avs-mamba-ms3-r50", checkpoint_filter_fn)
 def avs_mamba_ms3_r50(**kwargs) -> AVSMamba:
     return _create_avs_mamba("avs-mamba-ms3-r50", **kwargs)
 
 
-@register_model("avs-mamba-ms3-pvt")
+@register_model("avs-mamba-ms3-pvt", checkpoint_filter_fn)
 def avs_mamba_ms3_pvt(**kwargs) -> AVSMamba:
     return _create_avs_mamba("avs-mamba-ms3-pvt", **kwargs)
 
 
-@register_model("avs-mamba-avss-r50")
+@register_model("avs-mamba-avss-r50", checkpoint_filter_fn)
 def avs_mamba_avss_r50(**kwargs) -> AVSMamba:
     return _create_avs_mamba("avs-mamba-avss-r50", **kwargs)
 
 
-@register_model("avs-mamba-avss-pvt")
+@register_model("avs-mamba-avss-pvt", checkpoint_filter_fn)
 def avs_mamba_avss_pvt(**kwargs) -> AVSMamba:
     return _create_avs_mamba("avs-mamba-avss-pvt", **kwargs)
 
 
-@register_model("avs-mamba-test")
+@register_model("avs-mamba-test", checkpoint_filter_fn)
 def avs_mamba_test(**kwargs) -> AVSMamba:
     model_args = dict(dim=16, d_state=4, norm_groups=8, ffn_hidden=32, head_widths=(16, 8))
     return _create_avs_mamba("avs-mamba-test", **dict(model_args, **kwargs))

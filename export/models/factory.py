@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ._registry import model_builder, pretrained_cfg
+from ._registry import checkpoint_filter, model_builder, pretrained_cfg
 from .checkpoint import load_checkpoint, read_checkpoint, unwrap_state_dict
 
 __all__ = ["create_model"]
@@ -21,7 +21,8 @@ def create_model(name: str, checkpoint: str | os.PathLike | Mapping[str, Tensor]
 
     Args:
         name: a registered name (``list_models()``); an unknown one raises ``KeyError`` naming close matches.
-        checkpoint: a checkpoint file (or a state_dict) loaded strictly; ``None`` = random weights, with a warning.
+        checkpoint: a checkpoint file (or a state_dict) loaded strictly, after the variant's registered
+            ``checkpoint_filter_fn`` (official layouts); ``None`` = random weights, with a warning.
         **kwargs: options of the variant's family builder (SelM: ``gumbel="none" | "sample" | "input"``); one the
             family does not take raises ``TypeError`` naming the variant.
     """
@@ -39,6 +40,9 @@ def create_model(name: str, checkpoint: str | os.PathLike | Mapping[str, Tensor]
             model = builder(**kwargs)
         if _has_unsaved_tensors(model):
             model = builder(**kwargs)
+        filter_fn = checkpoint_filter(name)
+        if filter_fn is not None:
+            state_dict = filter_fn(state_dict, model)
         load_checkpoint(model, state_dict, name)
     model.pretrained_cfg = cfg
     return model.eval()

@@ -39,7 +39,7 @@ import numpy as np
 from runtime.datasets.torch_pickle import UnsafePickleError, load_log_mel
 
 __all__ = ["TASKS", "Clip", "AVSBench", "DatasetError", "avss_palette", "detect_task", "pil_resize",
-           "normalize_frames", "read_wav", "IMAGENET_MEAN", "IMAGENET_STD"]
+           "pil_nearest_index", "normalize_frames", "read_wav", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 TASKS = ("s4", "ms3", "avss")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -71,6 +71,7 @@ class Clip:
         valid: ``[T]`` bool, frames that exist (AVSS ``vid_temporal_mask_flag``; all True for S4/MS3).
         supervised: ``[T]`` bool, frames with a training mask (S4 train: frame 1 only; AVSS
             ``gt_temporal_mask_flag``).
+        frame_paths: the files of ``frames``, in order (e.g. to find their published Maskiges).
     """
     name: str
     category: str
@@ -79,6 +80,7 @@ class Clip:
     masks: np.ndarray
     valid: np.ndarray
     supervised: np.ndarray
+    frame_paths: tuple = ()
 
     @property
     def num_frames(self) -> int:
@@ -132,7 +134,7 @@ def pil_resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def _pil_nearest_index(in_size: int, out_size: int) -> np.ndarray:
+def pil_nearest_index(in_size: int, out_size: int) -> np.ndarray:
     """Source index per output pixel of Pillow's ``resize(NEAREST)``: trunc((x + 0.5) * scale), accumulated."""
     scale, position, index = in_size / out_size, in_size / out_size * 0.5, []
     for _ in range(out_size):
@@ -322,7 +324,8 @@ class AVSBench:
 
     def _binary_clip(self, row, frames_dir, frame_name, mel_path, mask_dir, binary: bool) -> Clip:
         name = row["name"]
-        frames = [self._frame(frames_dir / frame_name.format(name, i)) for i in range(1, 6)]
+        paths = tuple(frames_dir / frame_name.format(name, i) for i in range(1, 6))
+        frames = [self._frame(path) for path in paths]
         count = 1 if (self.task == "s4" and self.split == "train") else 5
         masks = []
         for i in range(1, count + 1):
@@ -330,7 +333,7 @@ class AVSBench:
             masks.append((gray >= 128).astype(np.float32) if binary else gray.astype(np.float32) / 255.0)
         supervised = np.arange(5) < count
         return Clip(name, row.get("category", ""), frames, self._log_mel(mel_path), np.stack(masks),
-                    np.ones(5, bool), supervised)
+                    np.ones(5, bool), supervised, paths)
 
     def _s4(self, row) -> Clip:
         base, rel = self.root / "s4_data", Path(self.split, row["category"], row["name"])
@@ -356,7 +359,8 @@ class AVSBench:
         expected = 10 if label == "v2" else 5
         if count != expected:
             raise DatasetError(f"{frames_dir} holds {count} files; a {label} clip has {expected} frames")
-        frames = [self._frame(frames_dir / f"{i}.jpg") for i in range(count)]
+        paths = tuple(frames_dir / f"{i}.jpg" for i in range(count))
+        frames = [self._frame(path) for path in paths]
         if not labels_dir.is_dir():
             raise DatasetError(f"missing label folder {labels_dir}")
         mask_count = sum(1 for f in os.listdir(labels_dir) if f.endswith(".png"))
@@ -374,14 +378,14 @@ class AVSBench:
         log_mel[:len(examples)] = examples
         valid = np.arange(AVSS_FRAMES) < count
         supervised = np.arange(AVSS_FRAMES) < {"v1s": 1, "v1m": 5, "v2": 10}[label]
-        return Clip(name, label, frames, log_mel, np.stack(labels), valid, supervised)
+        return Clip(name, label, frames, log_mel, np.stack(labels), valid, supervised, paths)
 
     def _label_map(self, path: Path) -> np.ndarray:
         if not path.is_file():
             raise DatasetError(f"missing label map {path}")
         color = _read_image(path)
-        rows = _pil_nearest_index(color.shape[0], MASK_SIZE)
-        cols = _pil_nearest_index(color.shape[1], MASK_SIZE)
+        rows = pil_nearest_index(color.shape[0], MASK_SIZE)
+        cols = pil_nearest_index(color.shape[1], MASK_SIZE)
         rgb = color[rows][:, cols, ::-1].astype(np.int64)
         code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
         keys = (self.palette[:, 0] << 16) | (self.palette[:, 1] << 8) | self.palette[:, 2]
