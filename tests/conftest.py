@@ -48,43 +48,34 @@ def artifact(request) -> Path:
     return ensure_artifacts(keyed_cache_dir(request, ARTIFACT_MODEL, sources), ARTIFACT_MODEL)
 
 
-@pytest.fixture(scope="session")
-def tiny_artifact(request) -> Path:
-    """``selm-test`` (the tiny registered test variant, random weights) exported once per change of the export code:
-    a real artifact in seconds, for tests of the runtime's behaviour rather than of SelM's numerics."""
+def tiny_variant_artifact(request, model: str) -> Path:
+    """A tiny registered variant (random weights) exported once per change of the export/runtime code."""
     from export.build_engine import build_artifact
 
-    directory = keyed_cache_dir(request, "selm-test",
+    directory = keyed_cache_dir(request, model,
                                 sorted((REPO / "export").rglob("*.py")) + sorted((REPO / "runtime").glob("*.py")))
     if not (directory / "manifest.json").is_file():
-        build_artifact("selm-test", directory, say=lambda line: None)
+        build_artifact(model, directory, say=lambda line: None)
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(request) -> Path:
+    """``selm-test`` (the tiny registered test variant, random weights): a real artifact in seconds, for tests of
+    the runtime's behaviour rather than of SelM's numerics."""
+    return tiny_variant_artifact(request, "selm-test")
 
 
 @pytest.fixture(scope="session")
 def avs_mamba_artifact(request) -> Path:
-    """``avs-mamba-test`` (tiny, random weights; its scans are plugin nodes) exported once per change of the
-    export/runtime code; about a minute on 2 cores."""
-    from export.build_engine import build_artifact
-
-    directory = keyed_cache_dir(request, "avs-mamba-test",
-                                sorted((REPO / "export").rglob("*.py")) + sorted((REPO / "runtime").glob("*.py")))
-    if not (directory / "manifest.json").is_file():
-        build_artifact("avs-mamba-test", directory, say=lambda line: None)
-    return directory
+    """``avs-mamba-test`` (its scans are plugin nodes); about a minute on 2 cores."""
+    return tiny_variant_artifact(request, "avs-mamba-test")
 
 
 @pytest.fixture(scope="session")
 def combo_artifact(request) -> Path:
-    """``combo-test`` (tiny, random weights; a Maskige input, a one-frame window) exported once per change of the
-    export/runtime code; about a minute on 2 cores."""
-    from export.build_engine import build_artifact
-
-    directory = keyed_cache_dir(request, "combo-test",
-                                sorted((REPO / "export").rglob("*.py")) + sorted((REPO / "runtime").glob("*.py")))
-    if not (directory / "manifest.json").is_file():
-        build_artifact("combo-test", directory, say=lambda line: None)
-    return directory
+    """``combo-test`` (a Maskige input, a one-frame window); about a minute on 2 cores."""
+    return tiny_variant_artifact(request, "combo-test")
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ whose official checkpoints use another layout registers its ``checkpoint_filter_
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 from collections.abc import Iterable
@@ -18,7 +19,7 @@ import torch.nn as nn
 from ._pretrained import PretrainedCfg
 
 __all__ = ["register_model", "register_pretrained_cfgs", "list_models", "model_builder", "pretrained_cfg",
-           "checkpoint_filter"]
+           "checkpoint_filter", "variant_config"]
 
 StateDictFilter = Callable[[dict, nn.Module], dict]
 
@@ -85,3 +86,15 @@ def checkpoint_filter(name: str) -> StateDictFilter | None:
     """The checkpoint filter registered with variant ``name``, or None (its checkpoints load as they are)."""
     model_builder(name)
     return _FILTERS.get(name)
+
+
+def variant_config(config_cls: type, name: str, family: str, options: dict, **defaults):
+    """A family's architecture config (a dataclass with ``name``, ``backbone`` and ``setting``) for variant ``name``:
+    its registered backbone and setting, ``defaults`` (taken from its :class:`PretrainedCfg`), then the caller's
+    ``options``; an option the config lacks raises ``TypeError`` naming the ones ``family`` takes."""
+    known = [f.name for f in dataclasses.fields(config_cls) if f.name not in ("name", "backbone", "setting")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"{name}: unknown option(s) {', '.join(unknown)}; {family} takes {', '.join(known)}")
+    cfg = pretrained_cfg(name)
+    return config_cls(name=name, backbone=cfg.backbone, setting=cfg.setting, **{**defaults, **options})

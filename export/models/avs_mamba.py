@@ -24,7 +24,7 @@ recomputes ``fuse_features`` on a sliding window of cached ``encode_frames`` out
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 import torch
@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._pretrained import AVSBENCH_CLASSES, PretrainedCfg, voc_palette
-from ._registry import model_builder, pretrained_cfg, register_model, register_pretrained_cfgs
+from ._registry import (model_builder, pretrained_cfg, register_model, register_pretrained_cfgs,
+                        variant_config)
 from .pvt_v2 import B5_WIDTHS, TEST_WIDTHS, pvt_v2_b5, pvt_v2_test
 from .resnet import B2ResNet
 from export.ops.selective_scan import selective_scan
@@ -673,19 +674,12 @@ default_cfgs = register_pretrained_cfgs([
     _cfg("avs-mamba-test", "test", "pvt-test", audio_encoder="vggish-test", input_size=64, output_size=64),
 ])
 
-_OPTIONS = tuple(f.name for f in fields(AVSMambaConfig) if f.name not in ("name", "backbone", "setting"))
-
-
 def _create_avs_mamba(name: str, **kwargs) -> AVSMamba:
     """Build variant ``name``: its pretrained config fixes backbone, task and T; ``kwargs`` the architecture."""
-    unknown = sorted(set(kwargs) - set(_OPTIONS))
-    if unknown:
-        raise TypeError(f"{name}: unknown option(s) {', '.join(unknown)}; AVS-Mamba takes {', '.join(_OPTIONS)}")
     pcfg = pretrained_cfg(name)
-    args = dict(audio_backbone=pcfg.audio_encoder, resolution=pcfg.input_size, frames=pcfg.frames_per_clip,
-                num_classes=pcfg.num_classes)
-    args.update(kwargs)
-    return AVSMamba(AVSMambaConfig(name=name, backbone=pcfg.backbone, setting=pcfg.setting, **args))
+    return AVSMamba(variant_config(AVSMambaConfig, name, "AVS-Mamba", kwargs, audio_backbone=pcfg.audio_encoder,
+                                   resolution=pcfg.input_size, frames=pcfg.frames_per_clip,
+                                   num_classes=pcfg.num_classes))
 
 
 @register_model("avs-mamba-s4-r50", checkpoint_filter_fn)

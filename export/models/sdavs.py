@@ -23,7 +23,7 @@ encoders once per frame and ``fuse`` over the window of cached encoder outputs (
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from ._pretrained import AVSBENCH_CLASSES, PretrainedCfg, voc_palette
-from ._registry import pretrained_cfg, register_model, register_pretrained_cfgs
+from ._registry import pretrained_cfg, register_model, register_pretrained_cfgs, variant_config
 from .factory import create_model
 from .pvt_v2 import B5_WIDTHS, DEMO_WIDTHS, pvt_v2_b5, pvt_v2_demo
 from .swin import SWIN_B_WIDTHS, SWIN_TEST_WIDTHS, swin_base_384, swin_test
@@ -440,21 +440,14 @@ default_cfgs = register_pretrained_cfgs([
     PretrainedCfg(name="vggish-test-map", **_AUDIO_MAP),
 ])
 
-_OPTIONS = tuple(f.name for f in fields(SDAVSConfig) if f.name not in ("name", "setting", "backbone"))
-
-
 def _create_sdavs(name: str, **kwargs) -> SDAVS:
     """Build variant ``name``; ``gumbel="none"`` is accepted (the exporter passes it): SDAVS has no noise."""
     if kwargs.pop("gumbel", "none") != "none":
         raise TypeError(f"{name}: SDAVS has no stochastic layers; gumbel must be 'none'")
-    unknown = sorted(set(kwargs) - set(_OPTIONS))
-    if unknown:
-        raise TypeError(f"{name}: unknown option(s) {', '.join(unknown)}; SDAVS takes {', '.join(_OPTIONS)}")
     pcfg = pretrained_cfg(name)
-    args = dict(resolution=pcfg.input_size, frames=pcfg.frames_per_clip, num_classes=pcfg.num_classes,
-                output_size=pcfg.output_size)
-    args.update(kwargs)
-    return SDAVS(SDAVSConfig(name=name, backbone=pcfg.backbone, setting=pcfg.setting, **args))
+    return SDAVS(variant_config(SDAVSConfig, name, "SDAVS", kwargs, resolution=pcfg.input_size,
+                                frames=pcfg.frames_per_clip, num_classes=pcfg.num_classes,
+                                output_size=pcfg.output_size))
 
 
 @register_model("sdavs-s4-swinb")
