@@ -28,6 +28,7 @@ from runtime.manifest import (EngineRecord, EngineStatus, FileDigest, GraphSpec,
                               SCHEMA_VERSION, StreamingSpec, VideoSpec, load_manifest, write_manifest)
 
 DEFAULT_VARIANT = "selm-s4-r50"
+DEMO_TRAINERS = {"sdavs-s4-demo": "export.train_sdavs_demo", "combo-s4-demo": "export.train_combo_demo"}  # else train_demo
 ALIASES = {"selm": DEFAULT_VARIANT}
 # Flags that are not build options (build_artifact takes them as its own arguments, or they are CLI-only).
 _NOT_OPTIONS = ("model", "list_models", "out", "checkpoint", "vggish", "seed")
@@ -225,7 +226,8 @@ def default_weights(name: str, checkpoint: Optional[Path], vggish: Optional[Path
         if given is None and shipped is not None:
             if not shipped.is_file():
                 raise UserError(f"{owner.name}'s shipped weights {shipped} are missing; make them with "
-                                f"python -m export.train_demo --ship, or pass the weights to use")
+                                f"python -m {DEMO_TRAINERS.get(owner.name, 'export.train_demo')} --ship, or pass the "
+                                f"weights to use")
             given = shipped
         chosen.append(given)
     return chosen[0], chosen[1]

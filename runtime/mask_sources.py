@@ -401,8 +401,7 @@ class OversegmentMaskSource(MaskSource):
 
     def describe(self) -> str:
         return (f"overseg FALLBACK: Felzenszwalb over-segmentation (scikit-image; scale {self.scale:g}, sigma "
-                f"{self.sigma:g}, min_size {self.min_size}), no segment-everything model: not the Maskiges COMBO "
-                "was trained on")
+                f"{self.sigma:g}, min_size {self.min_size}), no segment-everything model")
 
 
 def parse_mask_source(spec: str) -> tuple[str, Optional[Path], Optional[float]]:

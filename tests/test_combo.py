@@ -45,7 +45,7 @@ def _random(name: str = "combo-test", **kwargs) -> cb.COMBO:
 
 
 def test_registry() -> None:
-    assert list_models("combo-*") == sorted(FULL + ["combo-test"])
+    assert list_models("combo-*") == sorted(FULL + ["combo-s4-demo", "combo-test"])
     for name in FULL:
         pcfg = pretrained_cfg(name)
         assert pcfg.family == "combo" and pcfg.input_size == 224 and pcfg.audio_encoder == "vggish"

@@ -19,6 +19,7 @@ SDAVS_DEMO = ["sdavs-s4-demo", "vggish-demo-map"]  # python -m export.train_sdav
 AUDIO_MAPS = ["vggish-map", "vggish-test-map"]    # VGGish conv-map encoders of SDAVS: VGGish's own weight files
 AVS_MAMBA_MODELS = [f"avs-mamba-{s}-{b}" for s in ("s4", "ms3", "avss") for b in ("r50", "pvt")] + ["avs-mamba-test"]
 COMBO_MODELS = [f"combo-{s}-{b}" for s in ("s4", "ms3", "avss") for b in ("r50", "pvt")] + ["combo-test"]
+COMBO_DEMO = ["combo-s4-demo"]                   # python -m export.train_combo_demo
 
 
 def _manifest_dir() -> Path:
@@ -41,10 +42,10 @@ def _read_manifest(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
 
 def test_registry_holds_the_official_models_and_the_test_variants():
     assert list_models() == sorted(OFFICIAL_MODELS + TEST_MODELS + DEMO_MODELS + SDAVS_MODELS + SDAVS_DEMO
-                                   + AUDIO_MAPS + AVS_MAMBA_MODELS + COMBO_MODELS)
+                                   + AUDIO_MAPS + AVS_MAMBA_MODELS + COMBO_MODELS + COMBO_DEMO)
     assert [n for n in list_models() if pretrained_cfg(n).file] == sorted(OFFICIAL_MODELS + ["vggish-map", "combo-s4-r50",
                                                                                    "combo-s4-pvt"])
-    assert [n for n in list_models() if pretrained_cfg(n).bundled] == sorted(DEMO_MODELS + SDAVS_DEMO)
+    assert [n for n in list_models() if pretrained_cfg(n).bundled] == sorted(DEMO_MODELS + SDAVS_DEMO + COMBO_DEMO)
     assert pretrained_cfg("vggish-map").file == pretrained_cfg("vggish").file
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -35,17 +35,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._pretrained import AVSBENCH_CLASSES, PretrainedCfg, voc_palette
-from ._registry import model_builder, pretrained_cfg, register_model, register_pretrained_cfgs
+from ._registry import (model_builder, pretrained_cfg, register_model, register_pretrained_cfgs,
+                        variant_config)
 from .d2_resnet import R50_WIDTHS, d2_resnet50
 from .mask2former import MSDeformAttnPixelDecoder, MultiScaleMaskedTransformerDecoder, sine_position_embedding
-from .pvt_v2 import B5_WIDTHS, TEST_WIDTHS, pvt_v2_b5, pvt_v2_test
+from .pvt_v2 import B5_WIDTHS, DEMO_WIDTHS, TEST_WIDTHS, pvt_v2_b5, pvt_v2_demo, pvt_v2_test
 
 __all__ = ["COMBO", "COMBOConfig", "ChannelWeightedBlock", "BiMultiHeadAttention", "BiAttentionBlock", "AVFuse",
            "AudioMLP", "MaskFormerHead", "semantic_inference", "output_logits", "checkpoint_filter_fn",
            "default_cfgs"]
 
 _BACKBONES = {"r50": (d2_resnet50, R50_WIDTHS), "pvt": (pvt_v2_b5, B5_WIDTHS),
-              "pvt-test": (pvt_v2_test, TEST_WIDTHS)}
+              "pvt-demo": (pvt_v2_demo, DEMO_WIDTHS), "pvt-test": (pvt_v2_test, TEST_WIDTHS)}
 _LEVELS = ("res2", "res3", "res4", "res5")
 _CLAMP = 50000.0            # the fusion's logit clamp (fp16-safe), kept for identical numerics
 
@@ -226,7 +227,7 @@ class COMBOConfig:
       no validity input.
 
     Args:
-        name, backbone ("r50" | "pvt" | "pvt-test"), setting ("s4" | "ms3" | "avss" | "test").
+        name, backbone ("r50" | "pvt" | "pvt-demo" | "pvt-test"), setting ("s4" | "ms3" | "avss" | "test").
         audio_backbone: registry name of the VGGish variant inside the model (frozen).
         resolution: input side the variant is exported at (any multiple of 32 runs).
         frames: T per clip in training (the network itself is per frame).
@@ -411,23 +412,20 @@ default_cfgs = register_pretrained_cfgs([
     _cfg("combo-ms3-pvt", "ms3", "pvt"),
     _cfg("combo-avss-r50", "avss", "r50", **_AVSS),
     _cfg("combo-avss-pvt", "avss", "pvt", **_AVSS),
+    # Demo: the SelM demo's light PVT-v2 (twice: frames and Maskiges) at 128 px, the frozen vggish-demo, small
+    # heads; trained on avs-synth with over-segmentation Maskiges (export.train_combo_demo).
+    _cfg("combo-s4-demo", "s4", "pvt-demo", audio_encoder="vggish-demo", input_size=128, output_size=128,
+         bundled="combo-s4-demo.pth", license="Apache-2.0"),
     # Tiny random-weight variant for fast tests (no checkpoint exists).
     _cfg("combo-test", "test", "pvt-test", audio_encoder="vggish-test", input_size=64, output_size=64),
 ])
 
-_OPTIONS = tuple(f.name for f in fields(COMBOConfig) if f.name not in ("name", "backbone", "setting"))
-
-
 def _create_combo(name: str, **kwargs) -> COMBO:
     """Build variant ``name``: its pretrained config fixes backbone, task, T and K; ``kwargs`` the architecture."""
-    unknown = sorted(set(kwargs) - set(_OPTIONS))
-    if unknown:
-        raise TypeError(f"{name}: unknown option(s) {', '.join(unknown)}; COMBO takes {', '.join(_OPTIONS)}")
     pcfg = pretrained_cfg(name)
-    args = dict(audio_backbone=pcfg.audio_encoder, resolution=pcfg.input_size, frames=pcfg.frames_per_clip,
-                num_classes=2 if pcfg.output_kind == "binary" else pcfg.num_classes)
-    args.update(kwargs)
-    return COMBO(COMBOConfig(name=name, backbone=pcfg.backbone, setting=pcfg.setting, **args))
+    return COMBO(variant_config(COMBOConfig, name, "COMBO", kwargs, audio_backbone=pcfg.audio_encoder,
+                                resolution=pcfg.input_size, frames=pcfg.frames_per_clip,
+                                num_classes=2 if pcfg.output_kind == "binary" else pcfg.num_classes))
 
 
 @register_model("combo-s4-r50", checkpoint_filter_fn)
@@ -458,6 +456,13 @@ def combo_avss_r50(**kwargs) -> COMBO:
 @register_model("combo-avss-pvt", checkpoint_filter_fn)
 def combo_avss_pvt(**kwargs) -> COMBO:
     return _create_combo("combo-avss-pvt", **kwargs)
+
+
+@register_model("combo-s4-demo", checkpoint_filter_fn)
+def combo_s4_demo(**kwargs) -> COMBO:
+    model_args = dict(conv_dim=64, mask_dim=64, hidden_dim=64, num_queries=20, nheads=4, norm_groups=8,
+                      enc_layers=2, enc_ffn=128, dec_layers=3, dec_ffn=128, audio_mlp_hidden=256)
+    return _create_combo("combo-s4-demo", **dict(model_args, **kwargs))
 
 
 @register_model("combo-test", checkpoint_filter_fn)
