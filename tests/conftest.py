@@ -79,6 +79,24 @@ def combo_artifact(request) -> Path:
 
 
 @pytest.fixture(scope="session")
+def vggish_file(tmp_path_factory) -> Path:
+    """``vggish-test`` weights (seed 7) in a file, for --vggish of models with VGGish inside (AVS-Mamba, COMBO)."""
+    import warnings
+
+    import torch
+
+    from export.models import create_model
+
+    torch.manual_seed(7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        weights = create_model("vggish-test").state_dict()
+    path = tmp_path_factory.mktemp("weights") / "vggish-test.pth"
+    torch.save(weights, path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def int8_demo(request) -> Path:
     """``python -m export.build_engine --model selm-s4-demo --precision int8 --calibration synth`` (the README's
     INT8 command: shipped trained weights, default calibration on generated clips), once per change of the code

@@ -42,14 +42,6 @@ def s4_data(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def vggish_file(tmp_path_factory) -> Path:
-    torch.manual_seed(7)
-    path = tmp_path_factory.mktemp("weights") / "vggish-test.pth"
-    torch.save(_quiet("vggish-test").state_dict(), path)
-    return path
-
-
 def _config(data: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(model=MODEL, data=str(data), out=str(out), **{
         **dict(epochs=1, batch=1, lr=1e-3, device="cpu", seed=0), **kw})

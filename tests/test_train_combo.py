@@ -56,14 +56,6 @@ def s4_data(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def vggish_file(tmp_path_factory) -> Path:
-    torch.manual_seed(7)
-    path = tmp_path_factory.mktemp("weights") / "vggish-test.pth"
-    torch.save(_quiet("vggish-test").state_dict(), path)
-    return path
-
-
 def _sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x))
 
